@@ -1,0 +1,84 @@
+"""``python -m fair_core``: sample, eval and the demo (the main job) on the shipped default."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fair_core import checkpoints, evaluation
+from fair_core.cli import main
+from fair_core.models import CLASSIFIER_CONFIGS, UNET_CONFIGS, EvalClassifier
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    checkpoints.save(d / "dsm.safetensors", checkpoints.KINDS["dsm"].build(UNET_CONFIGS["tiny"]), "dsm", UNET_CONFIGS["tiny"])
+    checkpoints.save(d / "clf.safetensors", EvalClassifier(CLASSIFIER_CONFIGS["tiny"]), "classifier", CLASSIFIER_CONFIGS["tiny"])
+    return d
+
+
+def test_sample_writes_uint8_images_and_labels(tiny, tmp_path):
+    out = tmp_path / "s.npz"
+    main(["sample", str(tiny / "dsm.safetensors"), "--n", "5", "--steps", "2", "--seed", "1", "--out", str(out)])
+    data = np.load(out)
+    assert data["images"].shape == (5, 28, 28, 3) and data["images"].dtype == np.uint8
+    assert data["labels"].tolist() == [0, 1, 2, 3, 4]
+    main(["sample", str(tiny / "dsm.safetensors"), "--n", "5", "--steps", "2", "--seed", "1", "--out", str(tmp_path / "t.npz")])
+    assert np.array_equal(np.load(tmp_path / "t.npz")["images"], data["images"]), "same seed, same images"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "0"], r"--n must be in \[1, inf\], got 0"),
+    (["--sampler", "plms"], "sampler must be one of"),
+    (["--steps", "0"], "steps"),
+    (["--label", "cat"], "--label must be 'uniform'"),
+])
+def test_sample_bad_input(tiny, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", str(tiny / "dsm.safetensors"), "--out", str(tmp_path / "s.npz"), "--steps", "2", *args])
+    assert e.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_sample_refuses_a_classifier_and_a_missing_file(tiny, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", str(tiny / "clf.safetensors"), "--out", str(tmp_path / "s.npz")])
+    assert "is a 'classifier' checkpoint; expected kind 'dsm' or 'tiw' or 'dual'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "s.npz")])
+    assert "must be an existing file or one of the shipped names" in capsys.readouterr().err
+
+
+def test_eval_json(tiny, capsys):
+    main(["eval", str(tiny / "dsm.safetensors"), "--classifier", str(tiny / "clf.safetensors"), "--n", "6", "--steps", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    colour = report["colour"]
+    assert len(colour["proportions"]) == 2 and abs(sum(colour["proportions"]) - 1) < 1e-6
+    assert colour["target"] == [0.5, 0.5] and colour["fd"] >= 0
+    assert report["kind"] == "dsm" and report["n"] == 6
+
+
+def test_eval_rejects_bad_target(tiny, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", str(tiny / "dsm.safetensors"), "--classifier", str(tiny / "clf.safetensors"), "--target", "0.7,0.7"])
+    assert "summing to 1" in capsys.readouterr().err
+
+
+
+
+def test_shipped_models_load_and_record_their_training_command():
+    for name, kind in (("colored_mnist_dsm", "dsm"), ("eval_classifier", "classifier")):
+        ckpt = checkpoints.load(evaluation.resolve_checkpoint(name), kind=kind)
+        assert ckpt.training["command"].startswith("python -m training " + ("dsm" if kind == "dsm" else "classifier"))
+    assert checkpoints.load(evaluation.resolve_checkpoint("eval_classifier")).model.has_reference_stats
+
+
+def test_demo_shows_the_bias_of_the_default(tmp_path, capsys):
+    main(["demo", "--n", "32", "--steps", "10", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert (tmp_path / "grid.png").stat().st_size > 1000 and (tmp_path / "colour_distribution.png").stat().st_size > 1000
+    red = float(out.split("red ")[1].split(" ")[0])
+    assert red >= 0.7, f"the default model was trained on 90:10 red:green data and should show it; got red {red}"
