@@ -144,6 +144,9 @@ class Loop:
         from tqdm import tqdm
 
         state_path = self.run_dir / "state.safetensors"
+        for stale in self.run_dir.glob(".*.tmp"):  # a save cut off by a kill; state.safetensors itself is intact
+            log.info("removing %s left by an interrupted save", stale.name)
+            stale.unlink()
         t0 = time.monotonic()
         smooth: dict[str, float] = {}
         step = start

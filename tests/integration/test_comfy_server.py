@@ -1,0 +1,98 @@
+"""The pack inside a real, headless ComfyUI server: registration, every example workflow, errors, interrupt."""
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+import make_workflows  # noqa: E402
+import run_workflow  # noqa: E402
+
+PACK_NODES = {"FairCheckpointLoader", "FairClassLabel", "FairEmptyLatent"}
+API_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.api.json"))
+
+
+def get(server, path):
+    return json.loads(run_workflow.request(server["address"], path))
+
+
+def test_every_pack_node_is_registered_with_tooltips(server):
+    info = get(server, "/object_info")
+    assert PACK_NODES <= set(info), f"missing {PACK_NODES - set(info)}; see {server['log']}"
+    for name in PACK_NODES:
+        node = info[name]
+        assert node["category"].startswith("sampling/fairness/"), node["category"]
+        assert node["display_name"] and node["description"]
+        for section in ("required", "optional"):
+            for input_name, spec in node["input"].get(section, {}).items():
+                assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        assert all(node["output_tooltips"]), f"{name} has an output without a tooltip"
+    assert "colored_mnist_dsm.safetensors" in info["FairCheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"]
+
+
+def test_example_workflows_cover_every_node_and_are_current(server, tmp_path):
+    used = {n["class_type"] for p in API_WORKFLOWS for n in json.loads(p.read_text()).values()}
+    assert PACK_NODES <= used, f"no example workflow uses {PACK_NODES - used}"
+    make_workflows.write_all(get(server, "/object_info"), tmp_path)
+    for fresh in tmp_path.iterdir():
+        assert json.loads(fresh.read_text()) == json.loads((REPO / "example_workflows" / fresh.name).read_text()), \
+            f"{fresh.name} is stale: run python scripts/make_workflows.py --server ..."
+
+
+@pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=[p.name for p in API_WORKFLOWS])
+def test_example_workflow_runs_headless(server, workflow, tmp_path):
+    graph = json.loads(workflow.read_text())
+    batch = next(n["inputs"]["batch_size"] for n in graph.values() if n["class_type"] == "FairEmptyLatent")
+    images = run_workflow.run(workflow, server["address"], tmp_path, timeout=300, sets=[])
+    assert len(images) == batch
+    for path in images:
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        assert pixels.shape == (28, 28, 3)
+        assert pixels.std() > 20, f"{path.name} looks blank"
+
+
+def test_a_bad_graph_gets_node_errors(server):
+    graph = json.loads((REPO / "example_workflows" / "fair_checkpoint_loader.api.json").read_text())
+    loader = next(k for k, n in graph.items() if n["class_type"] == "FairCheckpointLoader")
+    sampler = next(k for k, n in graph.items() if n["class_type"] == "KSampler")
+    graph[sampler]["inputs"]["positive"] = [loader, 0]  # a MODEL where CONDITIONING belongs
+    with pytest.raises(run_workflow.InvalidWorkflow, match=f"node {sampler} \\(KSampler\\): Return type mismatch"):
+        run_workflow.queue(server["address"], graph, "test")
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"path": str(REPO / "models" / "eval_classifier.safetensors")}, "eval_classifier.safetensors' is a 'classifier' checkpoint; expected kind"),
+    ({"ckpt_name": "missing.safetensors"}, "ckpt_name 'missing.safetensors' is not in the 'fair_sampling' model folders"),
+])
+def test_a_wrong_checkpoint_fails_with_a_clear_message(server, inputs, message):
+    graph = json.loads((REPO / "example_workflows" / "fair_checkpoint_loader.api.json").read_text())
+    loader = next(k for k, n in graph.items() if n["class_type"] == "FairCheckpointLoader")
+    graph[loader]["inputs"].update(inputs)
+    prompt_id = run_workflow.queue(server["address"], graph, "test")
+    with pytest.raises(run_workflow.WorkflowError, match=f"FairCheckpointLoader: .*{message}"):
+        run_workflow.wait(server["address"], prompt_id, timeout=120)
+
+
+def test_interrupt_stops_a_long_run(server):
+    graph = json.loads((REPO / "example_workflows" / "fair_checkpoint_loader.api.json").read_text())
+    sampler = next(k for k, n in graph.items() if n["class_type"] == "KSampler")
+    graph[sampler]["inputs"].update(steps=5000, seed=123)
+    prompt_id = run_workflow.queue(server["address"], graph, "test")
+    deadline = time.monotonic() + 60
+    while not get(server, "/queue")["queue_running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(3)  # sampling is under way (model loaded, steps running)
+    start = time.monotonic()
+    run_workflow.request(server["address"], "/interrupt", {})
+    while get(server, "/queue")["queue_running"]:
+        assert time.monotonic() - start < 10, "the run did not stop within 10 s of POST /interrupt"
+        time.sleep(0.1)
+    status = get(server, f"/history/{prompt_id}")[prompt_id]["status"]
+    assert any(m[0] == "execution_interrupted" for m in status["messages"]), status
