@@ -112,7 +112,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     p.set_defaults(func=cmd_demo)
-    args = parser.parse_args(argv)
+    return run_command(parser, parser.parse_args(argv))
+
+
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run ``args.func(args)`` with logging set up; bad input (FairSamplingError) ends with its message, exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)

@@ -64,15 +64,21 @@ def _call(model, x, sigma, extra_args):
     return model(x, sigma * x.new_ones([x.shape[0]]), **extra_args)
 
 
+def _denoise_and_report(model, x, sigmas, i, extra_args, callback):
+    """D(x, sigma_i), reported to the callback (which may raise to interrupt) before the step uses it."""
+    denoised = _call(model, x, sigmas[i], extra_args)
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+    return denoised
+
+
 # ----- samplers -------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Euler method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn)."""
     extra_args = extra_args or {}
     for i in trange(len(sigmas) - 1, disable=disable, leave=False):
-        denoised = _call(model, x, sigmas[i], extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = _denoise_and_report(model, x, sigmas, i, extra_args, callback)
         x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
     return x
 
@@ -82,9 +88,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Heun's second-order method (Karras et al. 2022, Algorithm 2 without churn); Euler on the last step to 0."""
     extra_args = extra_args or {}
     for i in trange(len(sigmas) - 1, disable=disable, leave=False):
-        denoised = _call(model, x, sigmas[i], extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = _denoise_and_report(model, x, sigmas, i, extra_args, callback)
         d = to_d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
         if sigmas[i + 1] == 0:
@@ -108,9 +112,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     check_range("eta", eta, 0.0)
     extra_args = extra_args or {}
     for i in trange(len(sigmas) - 1, disable=disable, leave=False):
-        denoised = _call(model, x, sigmas[i], extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = _denoise_and_report(model, x, sigmas, i, extra_args, callback)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         if eta and sigmas[i + 1] > 0:
@@ -124,9 +126,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     extra_args = extra_args or {}
     old_denoised = None
     for i in trange(len(sigmas) - 1, disable=disable, leave=False):
-        denoised = _call(model, x, sigmas[i], extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        denoised = _denoise_and_report(model, x, sigmas, i, extra_args, callback)
         if sigmas[i + 1] == 0:
             x = denoised
             continue

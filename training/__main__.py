@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from fair_core.errors import FairSamplingError
+from fair_core.cli import run_command
 
 from . import classifier, dsm
 
@@ -18,12 +17,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # recorded as the run's command line
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args.func(args)
-    except FairSamplingError as e:
-        parser.exit(2, f"error: {e}\n")
-    return 0
+    return run_command(parser, args)
 
 
 if __name__ == "__main__":

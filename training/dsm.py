@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="mnist-s", choices=["tiny", "mnist-s", "mnist-m"], help="named UNet config")
     p.add_argument("--condition", default="digit", choices=list(CONDITIONS), help="what the class label means")
-    p.add_argument("--prediction", default="epsilon", choices=["epsilon", "v_prediction"], help="network target")
+    p.add_argument("--prediction", default="v_prediction", choices=["epsilon", "v_prediction"],
+                   help="network target; v keeps the x0 error bounded at high noise (see README, Training)")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     cli.add_data(p, colour_ratio=0.9)

@@ -96,3 +96,24 @@ def test_interrupt_stops_a_long_run(server):
         time.sleep(0.1)
     status = get(server, f"/history/{prompt_id}")[prompt_id]["status"]
     assert any(m[0] == "execution_interrupted" for m in status["messages"]), status
+
+
+def test_ksampler_in_comfyui_draws_what_fair_core_draws(server, tmp_path):
+    """Same seed, sampler and schedule: ComfyUI's KSampler on our MODEL reproduces ``fair_core.sampling.generate``
+    (ComfyUI snaps sigma to the nearest timestep where we interpolate: a pixel level or two apart)."""
+    import torch
+
+    from fair_core import checkpoints, evaluation
+    from fair_core.imageio import to_uint8
+    from fair_core.sampling import generate
+
+    workflow = REPO / "example_workflows" / "fair_checkpoint_loader.api.json"
+    graph = json.loads(workflow.read_text())
+    ks = next(n["inputs"] for n in graph.values() if n["class_type"] == "KSampler")
+    assert (ks["sampler_name"], ks["scheduler"], ks["cfg"]) == ("dpmpp_2m", "karras", 1.0)
+    theirs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(run_workflow.run(workflow, server["address"], tmp_path, 300, []))])
+    model = checkpoints.load(evaluation.resolve_checkpoint("colored_mnist_dsm")).model.eval()
+    ours = to_uint8(generate(model, len(theirs), ks["steps"], sampler="dpmpp_2m", schedule="karras",
+                             class_labels=torch.arange(len(theirs)) % 10, seed=ks["seed"], disable=True))
+    diff = np.abs(ours.astype(float) - theirs.astype(float))
+    assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
