@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fair_core import checkpoints, evaluation, metrics  # noqa: E402
+from fair_core import checkpoints, evaluation, features  # noqa: E402
 from fair_core.models import EvalClassifier  # noqa: E402
 from fair_core.sampling import generate  # noqa: E402
 
@@ -92,7 +92,7 @@ def main() -> None:
     report["eval"]["digit"] = evaluation.attribute_report(clf, images, evaluation.parse_target(None, "digit"), "digit")
     if args.fid_n:
         real = real_test_images(args.fid_n).to(device)
-        report["eval"]["quality"]["inception_fid"] = round(float(metrics.inception_fid(images[: args.fid_n], real)), 2)
+        report["eval"]["quality"]["inception_fid"] = round(float(features.inception_fid(images[: args.fid_n], real)), 2)
         report["eval"]["quality"]["inception_fid_n"] = args.fid_n
     text = json.dumps(report, indent=2)
     print(text)

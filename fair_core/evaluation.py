@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics
+from . import features, metrics
 from .errors import FairSamplingError
 from .sampling import generate
 
@@ -58,7 +58,7 @@ def parse_target(text: str | None, attribute: str) -> np.ndarray:
 
 def attribute_report(classifier, images: torch.Tensor, target: np.ndarray, attribute: str) -> dict:
     """Hard-label proportions of ``attribute`` among ``images``, their FD and TV distance to ``target``."""
-    probs = metrics.classify(classifier, images)[attribute]
+    probs = features.classify(classifier, images)[attribute]
     p = metrics.proportions(probs.argmax(1), len(CLASS_NAMES[attribute]))
     return {"classes": CLASS_NAMES[attribute], "proportions": p.round(4).tolist(), "target": target.round(4).tolist(),
             "fd": round(float(metrics.fairness_discrepancy(p, target)), 4),
@@ -68,11 +68,11 @@ def attribute_report(classifier, images: torch.Tensor, target: np.ndarray, attri
 def quality_report(classifier, images: torch.Tensor, reference_images: torch.Tensor | None = None, fid: bool = False) -> dict:
     out = {}
     if classifier.has_reference_stats:
-        out["classifier_feature_fd"] = round(metrics.classifier_feature_fd(classifier, images), 3)
+        out["classifier_feature_fd"] = round(features.classifier_feature_fd(classifier, images), 3)
     if fid:
         if reference_images is None:
             raise FairSamplingError("inception FID needs reference_images (real images), none were given")
-        out["inception_fid"] = round(float(metrics.inception_fid(images, reference_images)), 3)
+        out["inception_fid"] = round(float(features.inception_fid(images, reference_images)), 3)
     return out
 
 

@@ -105,7 +105,7 @@ class EvalClassifier(nn.Module):
         self.trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, cfg.feature_dim), nn.SiLU())
         self.heads = nn.ModuleDict({name: nn.Linear(cfg.feature_dim, n) for name, n in cfg.heads.items()})
         # Gaussian statistics of the trunk features of the real test set (recoloured red, see
-        # ``metrics.classifier_feature_fd``), filled by ``python -m training classifier``: they let a
+        # ``features.classifier_feature_fd``), filled by ``python -m training classifier``: they let a
         # classifier-feature Frechet distance to real data be computed with no data set at hand.
         self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
         self.register_buffer("feature_cov", torch.zeros(cfg.feature_dim, cfg.feature_dim))

