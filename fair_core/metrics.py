@@ -5,6 +5,14 @@ Fairness (over the classes of one attribute, e.g. colour or digit):
 * ``fairness_discrepancy``: FD = || p - target ||_2, counting every class, empty ones included.
 * ``total_variation``: TV = 0.5 * sum_k |p_k - q_k|.
 * ``kl_divergence``: KL(p || q) = sum_k p_k log(p_k / q_k), in nats.
+* ``total_variation_ci``: representational balance, TV to a target with a bootstrap confidence interval.
+* ``balanced_error_rate`` / ``held_out_ber``: BER = mean_k P(y_pred != k | y = k), of a held-out linear probe.
+
+Auditing scores and embeddings (arXiv 2409.09569):
+
+* ``multi_accuracy``: max_g |E[f - y | g]|; ``multi_calibration``: max_{g, bin} |E[f - y | g, f in bin]|.
+* ``embedding_bias_ratio``: cos(p, a) / cos(p, b) per prompt embedding p and attribute-word embeddings a, b.
+* ``alignment_scores`` (plain, subclass-score, average-then-score) and ``group_gap`` between groups.
 
 Quality: ``frechet_distance`` between Gaussians fitted to features; the feature extractors (evaluation
 classifier, Inception-v3) and the figures built on them (``classifier_feature_fd``, ``inception_fid``) are in
@@ -18,7 +26,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from .errors import FairSamplingError, check_range
+from .errors import FairSamplingError, check_choice, check_range
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +161,164 @@ def frechet_distance_features(f1, f2) -> float:
     tr_covmean = np.linalg.svd(a1 @ a2.T / np.sqrt((n1 - 1) * (n2 - 1)), compute_uv=False).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+# ---------------------------------------------------------------------------------------------------- representational balance
+def total_variation_ci(labels, target, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Representational balance TV(p, target) of hard ``labels`` with a percentile-bootstrap confidence interval.
+
+    ``tv`` = TV(proportions(labels), target); the interval is the [alpha/2, 1 - alpha/2] quantiles of TV over
+    ``n_boot`` resamples of the N labels with replacement (seeded). Small batches are noisy: report the interval.
+    """
+    target = _prob_vector("target", target)
+    check_range("n_boot", n_boot, 1, integer=True)
+    check_range("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
+    labels = _numpy(labels)
+    p = proportions(labels, target.size)
+    idx = np.random.default_rng(seed).integers(0, labels.size, size=(n_boot, labels.size))
+    counts = np.stack([np.bincount(row, minlength=target.size) for row in labels[idx]]) / labels.size
+    tvs = 0.5 * np.abs(counts - target).sum(1)
+    low, high = np.quantile(tvs, [alpha / 2, 1 - alpha / 2])
+    return {"tv": float(0.5 * np.abs(p - target).sum()), "low": float(low), "high": float(high), "n": int(labels.size),
+            "confidence": 1 - alpha}
+
+
+# ---------------------------------------------------------------------------------------------------- BER
+def balanced_error_rate(y_true, y_pred, num_classes: int) -> float:
+    """BER = (1/K) sum_k P(y_pred != k | y_true = k), over the K classes present in ``y_true``.
+
+    0: the attribute is perfectly recoverable; 1 - 1/K: no better than chance (0.5 for a binary attribute).
+    """
+    y_true, y_pred = _numpy(y_true), _numpy(y_pred)
+    proportions(y_true, num_classes), proportions(y_pred, num_classes)  # validates both
+    if y_true.shape != y_pred.shape:
+        raise FairSamplingError(f"y_true and y_pred must have the same shape, got {y_true.shape} and {y_pred.shape}")
+    present = np.unique(y_true)
+    return float(np.mean([np.mean(y_pred[y_true == k] != k) for k in present]))
+
+
+def held_out_ber(features, attribute, num_classes: int, folds: int = 5, steps: int = 300, seed: int = 0) -> float:
+    """BER of a linear (softmax) probe predicting ``attribute`` from ``features`` (N, D), on held-out folds.
+
+    Each of ``folds`` seeded folds is predicted by a probe trained (Adam, ``steps`` full-batch steps, standardised
+    features, classes weighted equally) on the other folds; BER is computed on the pooled held-out predictions.
+    A high BER means the attribute is hard to read off the generations (or their features).
+    """
+    x, y = np.asarray(_numpy(features), dtype=np.float64), _numpy(attribute)
+    proportions(y, num_classes)
+    check_range("folds", folds, 2, integer=True)
+    if x.ndim != 2 or x.shape[0] != y.size or y.size < folds:
+        raise FairSamplingError(f"features must be (N, D) with N = len(attribute) >= folds={folds}, got {x.shape} and {y.size} labels")
+    fold = np.random.default_rng(seed).permutation(y.size) % folds
+    pred = np.empty_like(y)
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
+        xt, yt = torch.tensor((x[train] - mu) / sd, dtype=torch.float32), torch.tensor(y[train], dtype=torch.long)
+        weight = torch.tensor(1.0 / np.maximum(np.bincount(y[train], minlength=num_classes), 1), dtype=torch.float32)
+        torch.manual_seed(seed + f)
+        probe = torch.nn.Linear(x.shape[1], num_classes)
+        opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(probe(xt), yt, weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            pred[test] = probe(torch.tensor((x[test] - mu) / sd, dtype=torch.float32)).argmax(1).numpy()
+    return balanced_error_rate(y, pred, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------------- multi-accuracy / -calibration
+def _scores_and_groups(scores, truth, groups):
+    s, t, g = (np.asarray(_numpy(v)) for v in (scores, truth, groups))
+    if not (s.ndim == t.ndim == g.ndim == 1 and s.size == t.size == g.size and s.size > 0):
+        raise FairSamplingError(f"scores, truth and groups must be 1-d of one length N > 0, got {s.shape}, {t.shape}, {g.shape}")
+    if (s < 0).any() or (s > 1).any():
+        raise FairSamplingError(f"scores must be in [0, 1], got values in [{s.min():.3g}, {s.max():.3g}]")
+    return s.astype(np.float64), t.astype(np.float64), g
+
+
+def multi_accuracy(scores, truth, groups) -> dict:
+    """MA = max_g | E[f(x) - y | x in g] |: the largest mean error of the scores f over the groups (arXiv 2409.09569).
+
+    ``scores`` f(x) in [0, 1], ``truth`` y (0/1 labels or true scores), ``groups`` a group id per sample.
+    Returns the max and the per-group mean errors.
+    """
+    s, t, g = _scores_and_groups(scores, truth, groups)
+    per_group = {str(k): float(np.mean(s[g == k] - t[g == k])) for k in np.unique(g)}
+    return {"max": max(abs(v) for v in per_group.values()), "per_group": per_group}
+
+
+def multi_calibration(scores, truth, groups, bins: int = 10) -> dict:
+    """MC = max_{g, v} | E[f(x) - y | x in g, f(x) in bin v] | over groups x ``bins`` equal-width score bins.
+
+    Empty (group, bin) cells are skipped. Returns the max and the cell where it occurs.
+    """
+    s, t, g = _scores_and_groups(scores, truth, groups)
+    check_range("bins", bins, 1, integer=True)
+    b = np.minimum((s * bins).astype(int), bins - 1)
+    worst, cell = 0.0, None
+    for k in np.unique(g):
+        for v in np.unique(b[g == k]):
+            m = (g == k) & (b == v)
+            err = abs(float(np.mean(s[m] - t[m])))
+            if cell is None or err > worst:
+                worst, cell = err, {"group": str(k), "bin": [v / bins, (v + 1) / bins], "n": int(m.sum())}
+    return {"max": worst, "cell": cell}
+
+
+# ---------------------------------------------------------------------------------------------------- embeddings
+def _unit(name: str, e) -> np.ndarray:
+    e = np.asarray(_numpy(e), dtype=np.float64)
+    e = e[None] if e.ndim == 1 else e
+    norms = np.linalg.norm(e, axis=-1, keepdims=True)
+    if e.ndim != 2 or (norms == 0).any():
+        raise FairSamplingError(f"{name} must be non-zero embedding vectors (D,) or (N, D), got shape {e.shape}")
+    return e / norms
+
+
+def embedding_bias_ratio(prompts, attribute_a, attribute_b) -> np.ndarray:
+    """Per prompt embedding p: cos(p, a) / cos(p, b), the cosine-similarity bias ratio (1 = no preference).
+
+    ``prompts`` (N, D), ``attribute_a``/``attribute_b`` (D,) embeddings of the attribute words (e.g. "male",
+    "female") from the same text encoder; > 1 leans towards a. Both cosines must be positive (as for CLIP text).
+    """
+    p, a, b = _unit("prompts", prompts), _unit("attribute_a", attribute_a)[0], _unit("attribute_b", attribute_b)[0]
+    ca, cb = p @ a, p @ b
+    if (ca <= 0).any() or (cb <= 0).any():
+        raise FairSamplingError("embedding_bias_ratio needs positive cosine similarities to both attributes; "
+                                f"got cos(p, a) in [{ca.min():.3g}, {ca.max():.3g}], cos(p, b) in [{cb.min():.3g}, {cb.max():.3g}]")
+    return ca / cb
+
+
+ALIGNMENT_METHODS = ("plain", "subclass", "average")
+
+
+def alignment_scores(images, prompt, subclass_prompts=None, method: str = "plain") -> np.ndarray:
+    """Alignment of image embeddings (N, D) with a prompt, by one of three auditing functions (arXiv 2409.09569):
+
+    * ``plain``: cos(i, t) with t the prompt embedding;
+    * ``subclass`` (subclass-score): max_s cos(i, t_s) over the subclass prompt embeddings (e.g. "a female doctor",
+      "a male doctor"), so an image is scored against the subclass it depicts;
+    * ``average`` (average-then-score): cos(i, mean_s t_s / ||mean_s t_s||).
+    """
+    check_choice("method", method, ALIGNMENT_METHODS)
+    i = _unit("images", images)
+    if method == "plain":
+        return i @ _unit("prompt", prompt)[0]
+    if subclass_prompts is None:
+        raise FairSamplingError(f"method={method!r} needs subclass_prompts (one embedding per subclass), got None")
+    subs = _unit("subclass_prompts", subclass_prompts)
+    if method == "subclass":
+        return (i @ subs.T).max(1)
+    return i @ _unit("mean of subclass_prompts", subs.mean(0))[0]
+
+
+def group_gap(values, groups) -> dict:
+    """max_g mean(values | g) - min_g mean(values | g): how much a score differs between groups."""
+    v, g = np.asarray(_numpy(values), dtype=np.float64), np.asarray(_numpy(groups))
+    if v.ndim != 1 or v.shape != g.shape or v.size == 0:
+        raise FairSamplingError(f"values and groups must be 1-d of one length N > 0, got {v.shape} and {g.shape}")
+    means = {str(k): float(v[g == k].mean()) for k in np.unique(g)}
+    return {"gap": max(means.values()) - min(means.values()), "per_group": means}
