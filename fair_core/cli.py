@@ -1,4 +1,4 @@
-"""``python -m fair_core {sample,eval,demo}``: the scriptable command-line surface of the library."""
+"""``python -m fair_core {sample,eval,audit,demo}``: the scriptable command-line surface of the library."""
 from __future__ import annotations
 
 import argparse
@@ -88,6 +88,24 @@ def cmd_demo(args) -> None:
     print(f"wrote {grid_path} and {chart_path} in {time.monotonic() - t0:.1f} s")
 
 
+def cmd_audit(args) -> None:
+    """Audit saved images (.npz or a folder): attribute proportions with intervals, FD, TV, quality; JSON and PNG."""
+    from .audit import audit, load_images
+
+    images = load_images(args.source)
+    clf = checkpoints.load(evaluation.resolve_checkpoint(args.classifier), kind="classifier", device=device_of(args)).model
+    report = audit(images, clf, args.attribute, evaluation.parse_target(args.target, args.attribute), args.n_boot, args.seed)
+    p = report["proportions"]
+    png = distribution_chart({Path(args.source).name: np.array(p["proportions"])}, np.array(report["target"]), report["classes"],
+                             f"{args.attribute} audit, n = {report['n']}",
+                             {Path(args.source).name: f"FD {report['fd']:.3f}, TV {report['tv']['tv']:.3f} "
+                                                       f"[{report['tv']['low']:.3f}, {report['tv']['high']:.3f}]"},
+                             intervals={Path(args.source).name: (np.array(p["proportions_low"]), np.array(p["proportions_high"]))})
+    if args.png:
+        log.info("wrote %s", save_chart(args.png, png))
+    print(json.dumps(report, indent=None if args.json else 2))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fair_core", description="Fair sampling for diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +123,17 @@ def main(argv=None) -> int:
     p.add_argument("--target", default=None, help="target proportions, e.g. 0.5,0.5 (default: uniform)")
     p.add_argument("--json", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("audit", help="audit saved images (.npz from 'sample', or a folder): balance with intervals, FD, quality")
+    p.add_argument("source", help="an .npz with 'images' (uint8 N x H x W x C) or a folder of images")
+    p.add_argument("--classifier", default="eval_classifier", help="classifier checkpoint (default: the shipped one)")
+    p.add_argument("--attribute", default="colour", choices=["colour", "digit"], help="attribute to audit")
+    p.add_argument("--target", default=None, help="target proportions, e.g. 0.5,0.5 (default: uniform)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    p.add_argument("--png", default=None, help="also write the chart (proportions with 95%% intervals) here")
+    p.add_argument("--json", action="store_true", help="one line of JSON")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_audit)
     p = sub.add_parser("demo", help="the main job: sample the shipped default, chart its colour distribution, print FD")
     p.add_argument("--n", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")

@@ -169,6 +169,7 @@ def total_variation_ci(labels, target, n_boot: int = 1000, alpha: float = 0.05, 
 
     ``tv`` = TV(proportions(labels), target); the interval is the [alpha/2, 1 - alpha/2] quantiles of TV over
     ``n_boot`` resamples of the N labels with replacement (seeded). Small batches are noisy: report the interval.
+    ``proportions_low`` / ``proportions_high``: the same quantiles of each class proportion.
     """
     target = _prob_vector("target", target)
     check_range("n_boot", n_boot, 1, integer=True)
@@ -179,8 +180,9 @@ def total_variation_ci(labels, target, n_boot: int = 1000, alpha: float = 0.05, 
     counts = np.stack([np.bincount(row, minlength=target.size) for row in labels[idx]]) / labels.size
     tvs = 0.5 * np.abs(counts - target).sum(1)
     low, high = np.quantile(tvs, [alpha / 2, 1 - alpha / 2])
+    p_low, p_high = np.quantile(counts, [alpha / 2, 1 - alpha / 2], axis=0)
     return {"tv": float(0.5 * np.abs(p - target).sum()), "low": float(low), "high": float(high), "n": int(labels.size),
-            "confidence": 1 - alpha}
+            "confidence": 1 - alpha, "proportions": p.tolist(), "proportions_low": p_low.tolist(), "proportions_high": p_high.tolist()}
 
 
 # ---------------------------------------------------------------------------------------------------- BER

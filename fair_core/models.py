@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import ConfigError, check_choice
+from .errors import ConfigError, FairSamplingError, check_choice
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ class EvalClassifier(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         want = (self.cfg.channels, self.cfg.sample_size, self.cfg.sample_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"classifier input must have shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+            raise FairSamplingError(f"classifier input must have shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)}")
         if x.shape[0] == 0:
-            raise ValueError("classifier input is an empty batch (N=0)")
+            raise FairSamplingError("classifier input is an empty batch (N=0)")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

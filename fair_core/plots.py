@@ -10,8 +10,10 @@ from .checkpoints import atomic_write
 
 
 def distribution_chart(results: dict[str, np.ndarray], target: np.ndarray, class_names: list[str], title: str,
-                       subtitles: dict[str, str] | None = None) -> bytes:
-    """PNG bytes: one bar panel per method, bars = generated proportions, dashed line = target proportion."""
+                       subtitles: dict[str, str] | None = None,
+                       intervals: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> bytes:
+    """PNG bytes: one bar panel per method, bars = generated proportions, dashed line = target proportion,
+    error bars = ``intervals[name]`` (low, high) per class when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,6 +25,9 @@ def distribution_chart(results: dict[str, np.ndarray], target: np.ndarray, class
     for ax, (name, p) in zip(axes[0], results.items()):
         x = np.arange(len(class_names))
         ax.bar(x, p, color=colours or "#4c72b0", edgecolor="black", linewidth=0.5)
+        if intervals and name in intervals:
+            low, high = intervals[name]
+            ax.errorbar(x, p, yerr=[np.maximum(p - low, 0), np.maximum(high - p, 0)], fmt="none", ecolor="black", capsize=4)
         for xi, t in zip(x, target):
             ax.hlines(t, xi - 0.4, xi + 0.4, colors="black", linestyles="--", linewidth=1.2)
         for xi, v in zip(x, p):

@@ -8,13 +8,15 @@ from fair_core.errors import FairSamplingError
 
 
 def test_tv_ci_brackets_the_truth_and_narrows_with_n():
-    assert metrics.total_variation_ci(np.zeros(20, int), [0.5, 0.5]) == pytest.approx(
-        {"tv": 0.5, "low": 0.5, "high": 0.5, "n": 20, "confidence": 0.95})
+    all_red = metrics.total_variation_ci(np.zeros(20, int), [0.5, 0.5])
+    assert (all_red["tv"], all_red["low"], all_red["high"], all_red["n"]) == (0.5, 0.5, 0.5, 20)
+    assert all_red["proportions"] == all_red["proportions_low"] == all_red["proportions_high"] == [1, 0]
     rng = np.random.default_rng(0)
     small = metrics.total_variation_ci(rng.integers(0, 2, 40), [0.5, 0.5], seed=1)
     large = metrics.total_variation_ci(rng.integers(0, 2, 4000), [0.5, 0.5], seed=1)
     assert small["low"] <= small["tv"] <= small["high"] and large["low"] <= large["tv"] <= large["high"]
     assert large["high"] - large["low"] < (small["high"] - small["low"]) / 4  # ~1/sqrt(100) of the width
+    assert 0.02 < large["proportions_high"][0] - large["proportions_low"][0] < 0.04  # 2 * 1.96 * sqrt(0.25 / 4000) = 0.031
     with pytest.raises(FairSamplingError, match=r"alpha must be in \(0.0, 1.0\)"):
         metrics.total_variation_ci([0, 1], [0.5, 0.5], alpha=1.0)
     with pytest.raises(FairSamplingError, match="labels must be in"):

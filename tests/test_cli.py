@@ -82,3 +82,34 @@ def test_demo_shows_the_bias_of_the_default(tmp_path, capsys):
     assert (tmp_path / "grid.png").stat().st_size > 1000 and (tmp_path / "colour_distribution.png").stat().st_size > 1000
     red = float(out.split("red ")[1].split(" ")[0])
     assert red >= 0.7, f"the default model was trained on 90:10 red:green data and should show it; got red {red}"
+
+
+def test_audit_of_saved_samples_and_of_a_folder(tiny, tmp_path, capsys):
+    from PIL import Image
+
+    red = np.zeros((6, 28, 28, 3), np.uint8)
+    red[:, 8:20, 12:16, 0] = 255
+    np.savez(tmp_path / "s.npz", images=red, labels=np.zeros(6))
+    main(["audit", str(tmp_path / "s.npz"), "--classifier", str(tiny / "clf.safetensors"), "--json", "--png", str(tmp_path / "a.png")])
+    report = json.loads(capsys.readouterr().out)
+    p = report["proportions"]
+    assert report["n"] == 6 and len(p["proportions"]) == 2 and report["tv"]["low"] <= report["tv"]["tv"] <= report["tv"]["high"]
+    assert all(lo <= v <= hi for lo, v, hi in zip(p["proportions_low"], p["proportions"], p["proportions_high"]))
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    (tmp_path / "dir").mkdir()
+    for i, img in enumerate(red):
+        Image.fromarray(img).save(tmp_path / "dir" / f"{i}.png")
+    main(["audit", str(tmp_path / "dir"), "--classifier", str(tiny / "clf.safetensors"), "--json"])
+    assert json.loads(capsys.readouterr().out)["proportions"] == p
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: np.savez(d / "x.npz", images=np.zeros((2, 32, 32, 3), np.uint8)), r"classifier input must have shape \(N, 3, 28, 28\)"),
+    (lambda d: np.savez(d / "x.npz", other=np.zeros(2)), "must hold an 'images' array"),
+    (lambda d: None, "source must be an .npz file or a folder of images"),
+])
+def test_audit_bad_input(tiny, tmp_path, capsys, make, message):
+    make(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["audit", str(tmp_path / "x.npz"), "--classifier", str(tiny / "clf.safetensors")])
+    assert e.value.code == 2 and __import__("re").search(message, capsys.readouterr().err)
