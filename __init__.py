@@ -9,6 +9,7 @@ async def comfy_entrypoint():
     from comfy_api.latest import ComfyExtension
 
     from .nodes import _comfy
+    from .nodes.audit import AttributeClassifierLoader, FairnessAudit
     from .nodes.conditioning import FairClassLabel
     from .nodes.latent import FairEmptyLatent
     from .nodes.loaders import FairCheckpointLoader
@@ -16,6 +17,6 @@ async def comfy_entrypoint():
     class FairSamplingExtension(ComfyExtension):
         async def get_node_list(self):
             _comfy.register_model_folder()  # here, not at import; ComfyUI 0.3.64 does not call on_load
-            return [FairCheckpointLoader, FairClassLabel, FairEmptyLatent]
+            return [FairCheckpointLoader, FairClassLabel, FairEmptyLatent, AttributeClassifierLoader, FairnessAudit]
 
     return FairSamplingExtension()

@@ -48,3 +48,14 @@ def audit(images: torch.Tensor, classifier, attribute: str = "colour", target=No
             "tv": {k: balance[k] for k in ("tv", "low", "high", "confidence")},
             "proportions": {k: np.round(balance[k], 4).tolist() for k in ("proportions", "proportions_low", "proportions_high")},
             "quality": evaluation.quality_report(classifier, images)}
+
+
+def report_text(report: dict) -> str:
+    """The audit in a few readable lines (proportions with intervals, FD, TV with interval, quality)."""
+    p, tv = report["proportions"], report["tv"]
+    classes = ", ".join(f"{c} {v:.2f} [{lo:.2f}, {hi:.2f}]" for c, v, lo, hi in
+                        zip(report["classes"], p["proportions"], p["proportions_low"], p["proportions_high"]))
+    lines = [f"{report['attribute']} (n = {report['n']}): {classes}",
+             f"FD {report['fd']:.3f}, TV {tv['tv']:.3f} [{tv['low']:.3f}, {tv['high']:.3f}] to target {report['target']}"]
+    lines += [f"{k}: {v}" for k, v in report["quality"].items()]
+    return "\n".join(lines)

@@ -23,10 +23,10 @@ def distribution_chart(results: dict[str, np.ndarray], target: np.ndarray, class
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k + 0.6, 3.2), squeeze=False, sharey=True)
     colours = ["#d62728", "#2ca02c"] if class_names == ["red", "green"] else None
     for ax, (name, p) in zip(axes[0], results.items()):
-        x = np.arange(len(class_names))
+        p, x = np.asarray(p, dtype=float), np.arange(len(class_names))
         ax.bar(x, p, color=colours or "#4c72b0", edgecolor="black", linewidth=0.5)
         if intervals and name in intervals:
-            low, high = intervals[name]
+            low, high = (np.asarray(v, dtype=float) for v in intervals[name])
             ax.errorbar(x, p, yerr=[np.maximum(p - low, 0), np.maximum(high - p, 0)], fmt="none", ecolor="black", capsize=4)
         for xi, t in zip(x, target):
             ax.hlines(t, xi - 0.4, xi + 0.4, colors="black", linestyles="--", linewidth=1.2)

@@ -155,3 +155,20 @@ def image_shape(model) -> tuple[int, int]:
         raise FairSamplingError(f"model must come from Fair Checkpoint Loader (a pack pixel model), got a {type(unet).__name__} model")
     cfg = unet.denoiser.cfg
     return cfg.channels, cfg.sample_size
+
+
+def load_classifier(path: str):
+    """A pack classifier checkpoint, in eval mode (usable by autograd: loaded outside inference mode)."""
+    with torch.inference_mode(False):
+        return checkpoints.load(path, kind="classifier", device=comfy.model_management.get_torch_device()).model.eval()
+
+
+def png_to_image(png: bytes) -> torch.Tensor:
+    """PNG bytes -> ComfyUI IMAGE (1, H, W, 3) float in [0, 1]."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(rgb)[None]

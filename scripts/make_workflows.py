@@ -59,6 +59,20 @@ GRAPHS = {
             "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["select", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}},
         **_decode_and_save(["sampler", 0], ["loader", 1], "fair_sampling/class_label_cfg"),
     }),
+    "fairness_audit": ("Audit the colour balance of 32 generated digits: proportions with 95% intervals, FD, TV", {
+        "loader": _loader(),
+        "digits": _labels("0,1,2,3,4,5,6,7,8,9"),
+        "null": _labels("-1"),
+        "latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": 32}},
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": ["loader", 0], "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+            "positive": ["digits", 0], "negative": ["null", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 1]}},
+        "classifier": {"class_type": "FairAttributeClassifierLoader", "inputs": {"classifier_name": "eval_classifier.safetensors", "path": ""}},
+        "audit": {"class_type": "FairnessAudit", "inputs": {
+            "images": ["decode", 0], "classifier": ["classifier", 0], "attribute": "colour", "target": "0.5,0.5", "n_boot": 1000}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["audit", 2], "filename_prefix": "fair_sampling/fairness_audit"}},
+    }),
 }
 
 

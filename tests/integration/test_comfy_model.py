@@ -88,3 +88,25 @@ def test_empty_latent_follows_the_model(loaded, comfy_inprocess):
 
     with pytest.raises(FairSamplingError, match="model must come from Fair Checkpoint Loader"):
         FairEmptyLatent.execute(Other(), 4)
+
+
+def test_fairness_audit_node_and_its_errors(comfy_inprocess):
+    import json
+
+    from fair_pack.fair_core.errors import FairSamplingError
+    from fair_pack.nodes.audit import AttributeClassifierLoader, FairnessAudit
+
+    clf = AttributeClassifierLoader.execute("eval_classifier.safetensors").result[0]
+    red = torch.zeros(8, 28, 28, 3)
+    red[:, 6:22, 12:16, 0] = 1.0  # IMAGE layout: (N, H, W, C) in [0, 1]
+    text, report, chart = FairnessAudit.execute(red, clf, "colour", "0.5,0.5", 200).result
+    report = json.loads(report)
+    assert report["proportions"]["proportions"] == [1.0, 0.0] and report["fd"] == pytest.approx(2**0.5 / 2, abs=1e-4)
+    assert text.startswith("colour (n = 8): red 1.00 [1.00, 1.00]")
+    assert chart.ndim == 4 and chart.shape[0] == 1 and chart.shape[-1] == 3 and 0 <= chart.min() and chart.max() <= 1
+    with pytest.raises(FairSamplingError, match="--target must be 2 non-negative proportions"):
+        FairnessAudit.execute(red, clf, "colour", "0.3", 200)
+    with pytest.raises(FairSamplingError, match=r"classifier input must have shape \(N, 3, 28, 28\)"):
+        FairnessAudit.execute(torch.zeros(2, 32, 32, 3), clf, "colour", "", 200)
+    with pytest.raises(FairSamplingError, match="'dsm' checkpoint; expected kind 'classifier'"):
+        AttributeClassifierLoader.execute("eval_classifier.safetensors", path=str(evaluation.resolve_checkpoint("colored_mnist_dsm")))
