@@ -9,6 +9,7 @@ import torch
 from . import evaluation, features, metrics
 from .errors import FairSamplingError
 from .imageio import from_uint8
+from .plots import distribution_chart
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -59,3 +60,12 @@ def report_text(report: dict) -> str:
              f"FD {report['fd']:.3f}, TV {tv['tv']:.3f} [{tv['low']:.3f}, {tv['high']:.3f}] to target {report['target']}"]
     lines += [f"{k}: {v}" for k, v in report["quality"].items()]
     return "\n".join(lines)
+
+
+def chart(report: dict, name: str = "batch") -> bytes:
+    """PNG bytes: the audited proportions with their intervals as error bars, against the dashed target."""
+    p, tv = report["proportions"], report["tv"]
+    return distribution_chart({name: p["proportions"]}, report["target"], report["classes"],
+                              f"{report['attribute']} audit, n = {report['n']}",
+                              {name: f"FD {report['fd']:.3f}, TV {tv['tv']:.3f} [{tv['low']:.3f}, {tv['high']:.3f}]"},
+                              intervals={name: (p["proportions_low"], p["proportions_high"])})

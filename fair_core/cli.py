@@ -90,17 +90,12 @@ def cmd_demo(args) -> None:
 
 def cmd_audit(args) -> None:
     """Audit saved images (.npz or a folder): attribute proportions with intervals, FD, TV, quality; JSON and PNG."""
-    from .audit import audit, load_images
+    from .audit import audit, chart, load_images
 
     images = load_images(args.source)
     clf = checkpoints.load(evaluation.resolve_checkpoint(args.classifier), kind="classifier", device=device_of(args)).model
     report = audit(images, clf, args.attribute, evaluation.parse_target(args.target, args.attribute), args.n_boot, args.seed)
-    p = report["proportions"]
-    png = distribution_chart({Path(args.source).name: np.array(p["proportions"])}, np.array(report["target"]), report["classes"],
-                             f"{args.attribute} audit, n = {report['n']}",
-                             {Path(args.source).name: f"FD {report['fd']:.3f}, TV {report['tv']['tv']:.3f} "
-                                                       f"[{report['tv']['low']:.3f}, {report['tv']['high']:.3f}]"},
-                             intervals={Path(args.source).name: (np.array(p["proportions_low"]), np.array(p["proportions_high"]))})
+    png = chart(report, Path(args.source).name)
     if args.png:
         log.info("wrote %s", save_chart(args.png, png))
     print(json.dumps(report, indent=None if args.json else 2))

@@ -30,8 +30,8 @@ def distribution_chart(results: dict[str, np.ndarray], target: np.ndarray, class
             ax.errorbar(x, p, yerr=[np.maximum(p - low, 0), np.maximum(high - p, 0)], fmt="none", ecolor="black", capsize=4)
         for xi, t in zip(x, target):
             ax.hlines(t, xi - 0.4, xi + 0.4, colors="black", linestyles="--", linewidth=1.2)
-        for xi, v in zip(x, p):
-            ax.text(xi, v + 0.02, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        for xi, v in zip(x, p):  # beside the error bar when there is one
+            ax.text(xi + (0.22 if intervals else 0), v + 0.02, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, class_names, rotation=0 if len(class_names) <= 4 else 90)
         ax.set_ylim(0, 1.08)
         ax.set_title(name + ("\n" + subtitles[name] if subtitles and name in subtitles else ""), fontsize=9)

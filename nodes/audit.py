@@ -5,8 +5,7 @@ import json
 
 from comfy_api.latest import io, ui
 
-from ..fair_core import audit, checkpoints, evaluation
-from ..fair_core.plots import distribution_chart
+from ..fair_core import audit, evaluation
 from . import _comfy
 
 CATEGORY = "sampling/fairness/audit"
@@ -61,8 +60,5 @@ class FairnessAudit(io.ComfyNode):
     def execute(cls, images, classifier, attribute, target, n_boot) -> io.NodeOutput:
         x = images.movedim(-1, 1) * 2 - 1  # IMAGE (N, H, W, C) in [0, 1] -> (N, C, H, W) in [-1, 1]
         report = audit.audit(x, classifier, attribute, evaluation.parse_target(target or None, attribute), n_boot)
-        p = report["proportions"]
         text = audit.report_text(report)
-        chart = distribution_chart({"batch": p["proportions"]}, report["target"], report["classes"], f"{attribute} audit, n = {report['n']}",
-                                   {"batch": text.splitlines()[1]}, intervals={"batch": (p["proportions_low"], p["proportions_high"])})
-        return io.NodeOutput(text, json.dumps(report), _comfy.png_to_image(chart), ui=ui.PreviewText(text))
+        return io.NodeOutput(text, json.dumps(report), _comfy.png_to_image(audit.chart(report)), ui=ui.PreviewText(text))
