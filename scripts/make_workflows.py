@@ -34,16 +34,23 @@ def _decode_and_save(samples, vae, prefix):
             "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}}}
 
 
-# name -> (title, API graph with readable node ids; they are renumbered 1..n on output)
-GRAPHS = {
-    "fair_checkpoint_loader": ("Shipped Colored-MNIST model with KSampler: one image per digit", {
+def _digits_with_ksampler(batch_size):
+    """Shipped model, one label per digit cycled over the batch, KSampler dpmpp_2m / karras, 20 steps, seed 0."""
+    return {
         "loader": _loader(),
         "digits": _labels("0,1,2,3,4,5,6,7,8,9"),
         "null": _labels("-1"),
-        "latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": 10}},
+        "latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": batch_size}},
         "sampler": {"class_type": "KSampler", "inputs": {
             "model": ["loader", 0], "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
             "positive": ["digits", 0], "negative": ["null", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
+    }
+
+
+# name -> (title, API graph with readable node ids; they are renumbered 1..n on output)
+GRAPHS = {
+    "fair_checkpoint_loader": ("Shipped Colored-MNIST model with KSampler: one image per digit", {
+        **_digits_with_ksampler(10),
         **_decode_and_save(["sampler", 0], ["loader", 1], "fair_sampling/checkpoint_loader"),
     }),
     "class_label_cfg": ("One digit with classifier-free guidance through SamplerCustomAdvanced", {
@@ -60,13 +67,7 @@ GRAPHS = {
         **_decode_and_save(["sampler", 0], ["loader", 1], "fair_sampling/class_label_cfg"),
     }),
     "fairness_audit": ("Audit the colour balance of 32 generated digits: proportions with 95% intervals, FD, TV", {
-        "loader": _loader(),
-        "digits": _labels("0,1,2,3,4,5,6,7,8,9"),
-        "null": _labels("-1"),
-        "latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": 32}},
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["loader", 0], "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
-            "positive": ["digits", 0], "negative": ["null", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
+        **_digits_with_ksampler(32),
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 1]}},
         "classifier": {"class_type": "FairAttributeClassifierLoader", "inputs": {"classifier_name": "eval_classifier.safetensors", "path": ""}},
         "audit": {"class_type": "FairnessAudit", "inputs": {
