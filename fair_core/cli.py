@@ -95,9 +95,8 @@ def cmd_audit(args) -> None:
     images = load_images(args.source)
     clf = checkpoints.load(evaluation.resolve_checkpoint(args.classifier), kind="classifier", device=device_of(args)).model
     report = audit(images, clf, args.attribute, evaluation.parse_target(args.target, args.attribute), args.n_boot, args.seed)
-    png = chart(report, Path(args.source).name)
     if args.png:
-        log.info("wrote %s", save_chart(args.png, png))
+        log.info("wrote %s", save_chart(args.png, chart(report, Path(args.source).name)))
     print(json.dumps(report, indent=None if args.json else 2))
 
 

@@ -31,7 +31,7 @@ FOLDER = "fair_sampling"  # ComfyUI/models/fair_sampling, plus the pack's own mo
 PACK_MODELS = Path(__file__).resolve().parent.parent / "models"
 LABELS_KEY = "fair_class_labels"  # conditioning dict key carrying class labels to the model (-1: unconditional)
 # diffusers' beta_schedule names -> ComfyUI's make_beta_schedule names (ComfyUI "linear" is sqrt-linear).
-COMFY_BETA_SCHEDULE = {"linear": "sqrt_linear", "scaled_linear": "linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
+COMFY_BETA_SCHEDULE = {"linear": "sqrt_linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
 DTYPES = {"default": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -56,7 +56,7 @@ def model_files(kinds=checkpoints.DIFFUSION_KINDS) -> list[str]:
     return names
 
 
-def resolve(name: str, path: str = "") -> str:
+def resolve(name: str, path: str = "", param: str = "ckpt_name") -> str:
     """``path`` when given (absolute, for headless use), else ``name`` looked up in the ``fair_sampling`` folders."""
     if path.strip():
         p = Path(path.strip()).expanduser()
@@ -65,7 +65,7 @@ def resolve(name: str, path: str = "") -> str:
         return str(p)
     full = folder_paths.get_full_path(FOLDER, name)
     if full is None:
-        raise FairSamplingError(f"ckpt_name {name!r} is not in the '{FOLDER}' model folders {folder_paths.get_folder_paths(FOLDER)}; "
+        raise FairSamplingError(f"{param} {name!r} is not in the '{FOLDER}' model folders {folder_paths.get_folder_paths(FOLDER)}; "
                                 f"found {folder_paths.get_filename_list(FOLDER)}")
     return full
 

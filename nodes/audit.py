@@ -30,7 +30,7 @@ class AttributeClassifierLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, classifier_name, path="") -> io.NodeOutput:
-        return io.NodeOutput(_comfy.load_classifier(_comfy.resolve(classifier_name, path)))
+        return io.NodeOutput(_comfy.load_classifier(_comfy.resolve(classifier_name, path, "classifier_name")))
 
 
 class FairnessAudit(io.ComfyNode):

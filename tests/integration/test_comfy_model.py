@@ -108,5 +108,7 @@ def test_fairness_audit_node_and_its_errors(comfy_inprocess):
         FairnessAudit.execute(red, clf, "colour", "0.3", 200)
     with pytest.raises(FairSamplingError, match=r"classifier input must have shape \(N, 3, 28, 28\)"):
         FairnessAudit.execute(torch.zeros(2, 32, 32, 3), clf, "colour", "", 200)
+    with pytest.raises(FairSamplingError, match="classifier_name 'nope.safetensors' is not in the 'fair_sampling' model folders"):
+        AttributeClassifierLoader.execute("nope.safetensors")
     with pytest.raises(FairSamplingError, match="'dsm' checkpoint; expected kind 'classifier'"):
         AttributeClassifierLoader.execute("eval_classifier.safetensors", path=str(evaluation.resolve_checkpoint("colored_mnist_dsm")))
