@@ -24,6 +24,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .adp import ADP, ADPConfig
+from .density_ratio import DiscriminatorConfig, TimeDependentDiscriminator
 from .errors import CheckpointError, ConfigError, FairSamplingError
 from .models import ClassifierConfig, EvalClassifier, UNetConfig, build_unet, config_from_dict, config_to_dict
 
@@ -50,6 +52,8 @@ KINDS: dict[str, Kind] = {
     "tiw": Kind(UNetConfig, _build_denoiser, "diffusion model trained by TIW-DSM (time-dependent importance reweighting)"),
     "dual": Kind(UNetConfig, _build_denoiser, "diffusion model trained by constrained dual training"),
     "classifier": Kind(ClassifierConfig, EvalClassifier, "evaluation classifier (digit and colour heads)"),
+    "adp": Kind(ADPConfig, ADP, "attribute distribution predictor: per-timestep linear heads on h-space (distribution guidance)"),
+    "discriminator": Kind(DiscriminatorConfig, TimeDependentDiscriminator, "time-dependent discriminator: density ratio w_t for TIW-DSM"),
 }
 DIFFUSION_KINDS = ("dsm", "tiw", "dual")
 

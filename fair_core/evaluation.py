@@ -21,9 +21,13 @@ from .sampling import generate
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = {
     "colored_mnist_dsm": "Colored-MNIST, digit-conditional, trained on the 90:10 red:green biased split (plain DSM)",
+    "colour_cond_dsm": "Colored-MNIST, colour-conditional (0 = red, 1 = green), trained on a 50:50 split: attribute switching",
     "eval_classifier": "evaluation classifier: digit (10) and colour (red, green) heads",
+    "colored_mnist_adp": "ADP (h-space attribute heads: colour, digit) for colored_mnist_dsm, distribution guidance",
 }
-CLASS_NAMES = {"colour": ["red", "green"], "digit": [str(d) for d in range(10)]}
+# Class names per classifier head: the pack's evaluation classifier (colour, digit) and the optional face-gender
+# model of ``fair_core.face_classifier`` (gender, in the order of its outputs).
+CLASS_NAMES = {"colour": ["red", "green"], "digit": [str(d) for d in range(10)], "gender": ["female", "male"]}
 
 
 def resolve_checkpoint(name_or_path: str) -> Path:
@@ -44,6 +48,8 @@ def uniform_labels(model, n: int) -> torch.Tensor | None:
 
 def parse_target(text: str | None, attribute: str) -> np.ndarray:
     """``None`` -> uniform; else comma-separated proportions like ``0.5,0.5`` that must sum to 1."""
+    if attribute not in CLASS_NAMES:
+        raise FairSamplingError(f"attribute must be one of {list(CLASS_NAMES)}, got {attribute!r}")
     k = len(CLASS_NAMES[attribute])
     if text is None:
         return np.full(k, 1 / k)
@@ -56,13 +62,37 @@ def parse_target(text: str | None, attribute: str) -> np.ndarray:
     return target
 
 
-def attribute_report(classifier, images: torch.Tensor, target: np.ndarray, attribute: str) -> dict:
-    """Hard-label proportions of ``attribute`` among ``images``, their FD and TV distance to ``target``."""
-    probs = features.classify(classifier, images)[attribute]
-    p = metrics.proportions(probs.argmax(1), len(CLASS_NAMES[attribute]))
-    return {"classes": CLASS_NAMES[attribute], "proportions": p.round(4).tolist(), "target": target.round(4).tolist(),
-            "fd": round(float(metrics.fairness_discrepancy(p, target)), 4),
-            "tv": round(float(metrics.total_variation(p, target)), 4)}
+def check_attribute(classifier, attribute: str) -> list[str]:
+    """The class names of ``attribute`` after checking that ``classifier`` has a head for it."""
+    heads = list(getattr(classifier, "heads", {}))
+    if attribute not in heads:
+        raise FairSamplingError(f"attribute must be one of this classifier's heads {heads}, got {attribute!r}")
+    return CLASS_NAMES[attribute]
+
+
+def balance_report(probs: np.ndarray, classes: list[str], target, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Representational balance of hard labels ``argmax(probs)`` (N, K): the one report of ``eval`` and ``audit``.
+
+    ``proportions`` p_k with 95 % percentile-bootstrap intervals ``proportions_low``/``proportions_high``,
+    ``fd`` = ||p - target||_2 and ``tv`` = {"tv": TV(p, target), "low", "high", "confidence"} (TV with the same
+    bootstrap interval), all from ``metrics.total_variation_ci``. ``target`` must have one proportion per class.
+    """
+    target = np.asarray(target, dtype=np.float64)
+    if target.shape != (len(classes),):
+        raise FairSamplingError(f"target must have {len(classes)} proportions, one per class {classes}, got {target.tolist()}")
+    if probs.ndim != 2 or probs.shape[1] != len(classes):
+        raise FairSamplingError(f"probs must be (N, {len(classes)}) for classes {classes}, got shape {probs.shape}")
+    ci = metrics.total_variation_ci(probs.argmax(1), target, n_boot=n_boot, seed=seed)
+    return {"n": ci["n"], "classes": list(classes), "target": target.round(4).tolist(),
+            **{k: np.round(ci[k], 4).tolist() for k in ("proportions", "proportions_low", "proportions_high")},
+            "fd": round(metrics.fairness_discrepancy(ci["proportions"], target), 4),
+            "tv": {"tv": round(ci["tv"], 4), "low": round(ci["low"], 4), "high": round(ci["high"], 4), "confidence": ci["confidence"]}}
+
+
+def attribute_report(classifier, images: torch.Tensor, target: np.ndarray, attribute: str, n_boot: int = 1000, seed: int = 0) -> dict:
+    """``balance_report`` of ``attribute`` (a head of ``classifier``) among ``images`` against ``target``."""
+    classes = check_attribute(classifier, attribute)
+    return {"attribute": attribute, **balance_report(features.classify(classifier, images)[attribute], classes, target, n_boot, seed)}
 
 
 def quality_report(classifier, images: torch.Tensor, reference_images: torch.Tensor | None = None, fid: bool = False) -> dict:
@@ -83,5 +113,5 @@ def evaluate(model, classifier, n: int, steps: int, seed: int = 0, attribute: st
     images = generate(model, n, steps, sampler=sampler, schedule=schedule, class_labels=uniform_labels(model, n), seed=seed,
                       cfg_scale=cfg_scale, device=device, disable=disable)
     return {"n": n, "steps": steps, "seed": seed, "sampler": sampler, "schedule": schedule, "cfg_scale": cfg_scale,
-            attribute: attribute_report(classifier, images, target, attribute),
+            attribute: attribute_report(classifier, images, target, attribute, seed=seed),
             "quality": quality_report(classifier, images)}, images

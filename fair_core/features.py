@@ -34,14 +34,20 @@ def _images(name: str, images) -> torch.Tensor:
     return x
 
 
+def check_images(name: str, images) -> torch.Tensor:
+    """``images`` as a non-empty float tensor batch (N, C, H, W) (numpy is converted), else FairSamplingError."""
+    return _images(name, images)
+
+
 @torch.no_grad()
 def _batched(fn, module: torch.nn.Module, images: torch.Tensor, batch_size: int) -> list:
     check_range("batch_size", batch_size, 1, integer=True)
-    p = next(module.parameters())
+    p = next(module.parameters(), None)  # None: a module without weights of its own (e.g. the ONNX face classifier)
+    device, dtype = (p.device, p.dtype) if p is not None else (images.device, images.dtype)
     was_training = module.training
     module.eval()
     try:
-        return [fn(images[i:i + batch_size].to(p.device, p.dtype)) for i in range(0, images.shape[0], batch_size)]
+        return [fn(images[i:i + batch_size].to(device, dtype)) for i in range(0, images.shape[0], batch_size)]
     finally:
         module.train(was_training)
 

@@ -26,6 +26,12 @@ def first_up_block(unet: nn.Module) -> nn.Module:
     return blocks[0]
 
 
+def check_mid_block(unet: nn.Module) -> None:
+    """h-space is the middle-block output: a UNet built without a middle block (``mid_block=None``) has none."""
+    if getattr(unet, "mid_block", None) is None:
+        raise FairSamplingError(f"h-space needs a UNet with a middle block (mid_block), {type(unet).__name__} has none")
+
+
 @contextmanager
 def patched(unet: nn.Module, fn: HSpacePatch) -> Iterator[None]:
     """Within the context every forward of ``unet`` passes its h-space through ``fn(h, hsp) -> (h, hsp)``."""

@@ -170,8 +170,11 @@ class CFGDenoiser(nn.Module):
 # ----- the high-level entry point ---------------------------------------------------------------------------------
 def generate(model, n: int, steps: int, sampler: str = "dpmpp_2m", schedule: str = "karras", class_labels=None,
              seed: int = 0, cfg_scale: float = 1.0, eta: float = 0.0, batch_size: int = 64, device=None, dtype=None,
-             callback=None, disable=None, channels: int | None = None, size: int | None = None) -> torch.Tensor:
+             callback=None, disable=None, channels: int | None = None, size: int | None = None,
+             extra_args: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``n`` samples (N, C, H, W) in [-1, 1] from a Denoiser.
+
+    ``extra_args``: further per-image model inputs (tensors with first dimension ``n``), sliced with the batches.
 
     The initial noise for all ``n`` images is drawn once on the CPU from ``seed``, so a sample does not depend on
     the device or on ``batch_size``. Stochastic samplers (ddim with eta > 0) draw further noise per batch from
@@ -194,13 +197,18 @@ def generate(model, n: int, steps: int, sampler: str = "dpmpp_2m", schedule: str
         class_labels = torch.as_tensor(class_labels, dtype=torch.long)
         if class_labels.shape != (n,):
             raise FairSamplingError(f"class_labels must have shape ({n},) (one per image), got {tuple(class_labels.shape)}")
+    for k, v in (extra_args or {}).items():
+        if not isinstance(v, torch.Tensor) or v.shape[:1] != (n,):
+            raise FairSamplingError(f"extra_args[{k!r}] must be a tensor with first dimension n={n}, got {getattr(v, 'shape', type(v))}")
     denoiser = CFGDenoiser(model, cfg_scale) if cfg_scale != 1.0 else model
     sigmas = get_sigmas(model, steps, schedule, device=device)
     noise = torch.randn((n, channels, size, size), generator=torch.Generator().manual_seed(seed))
     out = []
     for b, start in enumerate(range(0, n, batch_size)):
         x = (noise[start:start + batch_size].to(device) * sigmas[0]).to(dtype)
-        extra = {} if class_labels is None else {"class_labels": class_labels[start:start + batch_size].to(device)}
+        extra = {k: v[start:start + batch_size].to(device) for k, v in (extra_args or {}).items()}
+        if class_labels is not None:
+            extra["class_labels"] = class_labels[start:start + batch_size].to(device)
         options = {}
         if sampler == "ddim":
             gen = torch.Generator(device=device).manual_seed(seed + 1 + b)

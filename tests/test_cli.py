@@ -58,6 +58,8 @@ def test_eval_json(tiny, capsys):
     colour = report["colour"]
     assert len(colour["proportions"]) == 2 and abs(sum(colour["proportions"]) - 1) < 1e-6
     assert colour["target"] == [0.5, 0.5] and colour["fd"] >= 0
+    assert all(lo <= v <= hi for lo, v, hi in zip(colour["proportions_low"], colour["proportions"], colour["proportions_high"]))
+    assert colour["tv"]["low"] <= colour["tv"]["tv"] <= colour["tv"]["high"] and colour["tv"]["confidence"] == 0.95
     assert report["kind"] == "dsm" and report["n"] == 6
 
 
@@ -82,6 +84,9 @@ def test_demo_shows_the_bias_of_the_default(tmp_path, capsys):
     assert (tmp_path / "grid.png").stat().st_size > 1000 and (tmp_path / "colour_distribution.png").stat().st_size > 1000
     red = float(out.split("red ")[1].split(" ")[0])
     assert red >= 0.7, f"the default model was trained on 90:10 red:green data and should show it; got red {red}"
+    switched = next(line for line in out.splitlines() if line.startswith("attribute switching (tau "))
+    assert "BER of the starting colour" in switched
+    assert float(switched.split("FD to 50:50 = ")[1].split(",")[0]) <= 0.2, switched  # half the batch starts red, half green
 
 
 def test_audit_of_saved_samples_and_of_a_folder(tiny, tmp_path, capsys):
@@ -93,8 +98,8 @@ def test_audit_of_saved_samples_and_of_a_folder(tiny, tmp_path, capsys):
     main(["audit", str(tmp_path / "s.npz"), "--classifier", str(tiny / "clf.safetensors"), "--json", "--png", str(tmp_path / "a.png")])
     report = json.loads(capsys.readouterr().out)
     p = report["proportions"]
-    assert report["n"] == 6 and len(p["proportions"]) == 2 and report["tv"]["low"] <= report["tv"]["tv"] <= report["tv"]["high"]
-    assert all(lo <= v <= hi for lo, v, hi in zip(p["proportions_low"], p["proportions"], p["proportions_high"]))
+    assert report["n"] == 6 and len(p) == 2 and report["tv"]["low"] <= report["tv"]["tv"] <= report["tv"]["high"]
+    assert all(lo <= v <= hi for lo, v, hi in zip(report["proportions_low"], p, report["proportions_high"]))
     assert (tmp_path / "a.png").stat().st_size > 1000
     (tmp_path / "dir").mkdir()
     for i, img in enumerate(red):

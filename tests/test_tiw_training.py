@@ -1,0 +1,120 @@
+"""``python -m training tiw``: dry run, a few-step run end to end (discriminator + score model), reuse of a
+discriminator, resume, and the bad inputs of issue 4."""
+import json
+
+import pytest
+import torch
+
+from fair_core import checkpoints
+from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator, describe_tiw_training
+from fair_core.models import named_config
+from training.__main__ import main
+
+TINY = ["tiw", "--model", "tiny", "--disc-model", "tiny", "--batch", "4", "--threads", "1"]
+
+
+def test_dry_run_prints_resolved_options_and_writes_nothing(tmp_path, capsys):
+    main([*TINY, "--steps", "3", "--outdir", str(tmp_path / "runs"), "--dry-run"])
+    record = json.loads(capsys.readouterr().out)
+    opts = record["options"]
+    assert record["command"] == "tiw" and opts["steps"] == 3 and opts["loss_mode"] == "tiw"
+    assert opts["reference_fraction"] == 0.05 and opts["colour_ratio"] == 0.9 and opts["clip"] == 1e-5
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiw")
+    main([*TINY, "--steps", "3", "--disc-steps", "4", "--save-every", "2", "--outdir", str(out), "--export", str(out / "tiw.safetensors")])
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return out, run
+
+
+def test_tiny_run_exports_a_tiw_model_and_its_discriminator(tiny_run):
+    out, run = tiny_run
+    assert run.name == "00000-tiw-colored-mnist"
+    ckpt = checkpoints.load(out / "tiw.safetensors", kind="tiw")
+    t = ckpt.training
+    assert t["steps"] == 3 and t["reference_fraction"] == 0.05 and t["bias"] == {"attribute": "colour", "colour_ratio": 0.9}
+    assert t["loss_mode"] == "tiw" and t["n_reference"] == 2380 and t["n_bias"] == 47620
+    assert t["discriminator"]["trained_in_run"] and t["discriminator"]["steps"] == 4
+    assert t["command"].startswith("python -m training tiw")
+    facts = describe_tiw_training(t)
+    assert "reference fraction: 0.05 (D_ref 2380 images" in facts and "colour ratio 0.9" in facts and "trained in the run, 4 steps" in facts
+    disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
+    assert isinstance(disc.model, TimeDependentDiscriminator) and disc.config.prior_ref == 0.5 and disc.config.channels == 3
+    x = torch.zeros(2, 3, 28, 28)
+    assert ckpt.model(x, torch.ones(2), class_labels=torch.tensor([3, -1])).shape == x.shape
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logs[-1]["step"] == 3 and logs[-1]["mean_w_bias"] > 0
+
+
+def test_given_discriminator_is_used_and_resume_continues(tiny_run, tmp_path):
+    _, run = tiny_run
+    disc_path = run / "discriminator.safetensors"
+    args = [*TINY, "--steps", "2", "--save-every", "1", "--outdir", str(tmp_path), "--discriminator", str(disc_path), "--loss-mode", "iw"]
+    main(args)
+    (run2,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert not (run2 / "discriminator.safetensors").exists()
+    first = checkpoints.read_metadata(run2 / "export.safetensors")["training"]
+    assert first["discriminator"]["path"] == str(disc_path) and not first["discriminator"]["trained_in_run"]
+    assert first["loss_mode"] == "iw"
+    main(["tiw", "--resume", str(run2), "--steps", "4"])
+    assert checkpoints.read_metadata(run2 / "export.safetensors")["training"]["steps"] == 4
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--reference-fraction", "0"], "reference-fraction"),
+    (["--reference-fraction", "1.0"], "reference-fraction"),
+    (["--part", "reference"], "--part"),
+    (["--clip", "0.7"], "clip"),
+])
+def test_bad_options_are_refused_before_a_run_folder(tmp_path, capsys, extra, match):
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, "--steps", "1", "--outdir", str(tmp_path), *extra])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_discriminator_for_another_image_size_is_refused(tmp_path, capsys):
+    wrong = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=32, widths=(8,)))
+    path = checkpoints.save(tmp_path / "d32.safetensors", wrong, "discriminator", wrong.cfg)
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--outdir", str(tmp_path / "runs"), "--discriminator", str(path)])
+    assert "size 32; this data needs a cnn with 3 channels and size 28" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_diffusion_checkpoint_given_as_discriminator_is_refused(tmp_path, capsys):
+    cfg = named_config("unet", "tiny")
+    path = checkpoints.save(tmp_path / "dsm.safetensors", checkpoints.KINDS["dsm"].build(cfg), "dsm", cfg)
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--outdir", str(tmp_path / "runs"), "--discriminator", str(path)])
+    assert "is a 'dsm' checkpoint; expected kind 'discriminator'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_loss_mode_none_is_the_ddpm_loss_of_training_dsm(prediction):
+    """tiw_loss with lambda(sigma) in denoiser space == DiscreteVPDenoiser.loss in network space, same t and noise."""
+    import dataclasses
+
+    from fair_core.denoiser import DiscreteVPDenoiser
+    from fair_core.models import build_unet
+    from training.tiw import tiw_loss
+
+    cfg = dataclasses.replace(named_config("unet", "tiny"), condition="none", num_classes=0, prediction_type=prediction)
+    torch.manual_seed(0)
+    model = DiscreteVPDenoiser(build_unet(cfg), cfg)
+    x0 = torch.rand(6, 3, 28, 28) * 2 - 1
+    ours, log_w = tiw_loss(model, None, "none", x0, None, torch.ones(6, dtype=torch.bool), torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(0, cfg.num_train_timesteps, (6,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    theirs = model.loss(x0, None, t=t, noise=noise)
+    assert torch.allclose(ours, theirs, rtol=2e-3, atol=1e-5) and torch.equal(log_w, torch.zeros(6))
+
+
+def test_a_reference_set_not_smaller_than_the_biased_set_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--outdir", str(tmp_path), "--reference-fraction", "0.8", "--long-tail", "0.01"])
+    assert "must be smaller than the biased set" in capsys.readouterr().err

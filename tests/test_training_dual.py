@@ -1,0 +1,140 @@
+"""``python -m training dual``: dry run, auto bounds from a reference, export metadata, exact resume with lambdas, bad input."""
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fair_core import checkpoints
+from fair_core import constrained as C
+from fair_core.denoiser import DiscreteVPDenoiser
+from fair_core.errors import FairSamplingError
+from fair_core.models import build_unet
+from training import dual
+from training.__main__ import main
+from training.data import DataConfig, ImageSet
+
+TINY = ["dual", "--model", "tiny", "--batch", "4", "--dual-batch", "2", "--dual-every", "2", "--bound-eval", "8", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_cache():
+    return {}
+
+
+@pytest.fixture
+def cached_data(monkeypatch, data_cache):
+    """MNIST unpickling takes seconds; the runs here share one copy per split config."""
+    cache, real = data_cache, dual.load_data
+    monkeypatch.setattr(dual, "load_data", lambda cfg: cache[cfg] if cfg in cache else cache.setdefault(cfg, real(cfg)))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An (untrained) tiny unconditional grey dsm checkpoint: only its losses matter, as the scale of the auto bounds."""
+    opts = {"model": "tiny", "condition": "none", "prediction": "v_prediction"}
+    cfg = dual.model_config(opts, channels=1)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ref") / "ref.safetensors"
+    checkpoints.save(path, DiscreteVPDenoiser(build_unet(cfg), cfg), "dsm", cfg, {"steps": 0})
+    return path
+
+
+def test_dry_run_validates_and_writes_nothing(tmp_path, capsys):
+    main([*TINY, "--steps", "3", "--bounds", "0.1,0.2,0.3", "--outdir", str(tmp_path / "runs"), "--dry-run"])
+    record = json.loads(capsys.readouterr().out)
+    o = record["options"]
+    assert record["command"] == "dual" and o["data"] == "mnist" and o["minority_classes"] == "4,5,7" and o["minority_keep"] == 0.1
+    assert o["constraints"] == "minority" and o["relaxation"] == "none"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dual-lr", "0"], r"--dual-lr must be in \(0.0, inf\], got 0.0"),
+    (["--bounds", "0.1,-0.2,0.1"], "bounds must be >= 0"),
+    (["--bounds", "0.1,0.2"], r"--bounds needs one value per constraint set \(3\), got 2"),
+    (["--bounds", "low"], "--bounds must be 'auto' or comma-separated numbers"),
+    ([], "--bounds auto needs --bound-reference"),
+    (["--bounds", "0.1", "--constraints", "4+x"], "--constraints must be 'minority' or comma-separated sets"),
+    (["--bounds", "0.1", "--constraints", "12"], "--constraints must be 'minority' or comma-separated sets"),
+    (["--bounds", "0.1", "--constraints", "minority", "--minority-classes", ""], "--constraints minority needs --minority-classes"),
+    (["--bounds", "0.1,0.1,0.1", "--alpha", "0", "--relaxation", "resilient"], r"--alpha must be in \(0.0, inf\]"),
+])
+def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, "--steps", "1", "--outdir", str(tmp_path), *args])
+    assert e.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir()), "bad options are refused before a run folder is made"
+
+
+def test_empty_constraint_set_is_an_error():
+    data = ImageSet(torch.rand(6, 28, 28), torch.tensor([0, 1, 2, 3, 4, 4]), torch.zeros(6, dtype=torch.long), 1)
+    with pytest.raises(FairSamplingError, match=r"constraint set digit7 is empty: no such image in the 'biased' source"):
+        dual.constraint_sets([((4,), ()), ((7,), ())], "biased", data, None)
+    (four,) = dual.constraint_sets([((4,), ())], "biased", data, None)
+    assert len(four) == 2 and four.digits.tolist() == [4, 4]
+    with pytest.raises(FairSamplingError, match="constraint set green selects a colour; grey --data mnist has none"):
+        dual.constraint_sets([((), (1,))], "biased", data, None)
+
+
+def test_constraint_sets_by_digit_and_colour():
+    assert dual.parse_constraints("minority", (4, 5, 7)) == [((4,), ()), ((5,), ()), ((7,), ())]
+    assert dual.parse_constraints("4+5,green,7+green", ()) == [((4, 5), ()), ((), (1,)), ((7,), (1,))]
+    assert [dual.set_name(s) for s in dual.parse_constraints("4+5,green,7+green", ())] == ["digit4+5", "green", "digit7+green"]
+    colours = torch.tensor([0, 1, 1, 0, 1])
+    data = ImageSet(torch.rand(5, 28, 28), torch.tensor([7, 7, 3, 3, 1]), colours, 3)
+    green, green7 = dual.constraint_sets([((), (1,)), ((7,), (1,))], "biased", data, None)
+    assert green.digits.tolist() == [7, 3, 1] and green7.digits.tolist() == [7] and green7.colours.tolist() == [1]
+
+
+def test_reference_of_another_image_size_is_refused(tmp_path, capsys, cached_data):
+    cfg = dual.model_config({"model": "tiny", "condition": "none", "prediction": "v_prediction"}, channels=3)
+    path = tmp_path / "rgb.safetensors"
+    checkpoints.save(path, DiscreteVPDenoiser(build_unet(cfg), cfg), "dsm", cfg, {})
+    with pytest.raises(SystemExit) as e:
+        main([*TINY, "--steps", "1", "--bound-reference", str(path), "--outdir", str(tmp_path / "runs")])
+    assert e.value.code == 2
+    assert "models 3x28px images; the constraint sets are 1x28px" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--bounds", "0.1,0.1,0.1", "--init", str(path), "--outdir", str(tmp_path / "runs2")])
+    assert re.search(r"--init .* has another model config than this run .*'channels': \(3, 1\)", capsys.readouterr().err)
+
+
+def test_auto_bounds_export_metadata_and_exact_resume(tmp_path, reference, cached_data):
+    common = [*TINY, "--bound-reference", str(reference), "--relaxation", "resilient", "--alpha", "4", "--init", str(reference),
+              "--dual-start", "2"]
+    main([*common, "--steps", "4", "--outdir", str(tmp_path / "a"), "--export", str(tmp_path / "copy.safetensors")])
+    main([*common, "--steps", "2", "--outdir", str(tmp_path / "b")])
+    (a,), (b,) = list((tmp_path / "a").iterdir()), list((tmp_path / "b").iterdir())
+    main(["dual", "--resume", str(b), "--steps", "4"])
+    sa, sb = load_file(str(a / "state.safetensors")), load_file(str(b / "state.safetensors"))
+    assert sa.keys() == sb.keys() and "extra.lambdas" in sa and "extra.tracker.running" in sa
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6, equal_nan=True), k
+    assert (sa["extra.lambdas"] > 0).all(), "an untrained model violates bounds below the reference loss: lambdas rise"
+    log = [json.loads(line) for line in (a / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 4 and log[-1]["lam_4"] > 0
+
+    ckpt = checkpoints.load(tmp_path / "copy.safetensors", kind="dual")
+    rec = ckpt.training["constraints"]
+    assert ckpt.kind == "dual" and ckpt.training["steps"] == 4 and ckpt.config.channels == 1 and ckpt.config.condition == "none"
+    assert rec["names"] == ["digit4", "digit5", "digit7"] and rec["sets"][1] == {"digits": [5], "colours": []} and rec["source"] == "biased"
+    ref = checkpoints.load(reference).model
+    data_cfg = DataConfig(**(ckpt.training["data"] | {"minority_classes": tuple(ckpt.training["data"]["minority_classes"])}))
+    cons = dual.constraint_sets(dual.parse_constraints("minority", (4, 5, 7)), "biased", dual.load_data(data_cfg), None)
+    expected = [0.95 * dual.set_loss(ref, c, "none", 8, 12345 + i, "cpu") for i, c in enumerate(cons)]
+    assert rec["bounds"] == pytest.approx(expected, rel=1e-5), "auto bounds = (1 - 0.05) x the reference's loss"
+    assert rec["lambdas"] == pytest.approx(sa["extra.lambdas"].tolist())
+    assert rec["mode"] == "resilient" and rec["relaxation"] == pytest.approx([l / 4 for l in rec["lambdas"]])
+    assert rec["slacks"] == pytest.approx([l - b - u for l, b, u in zip(rec["losses"], rec["bounds"], rec["relaxation"])])
+    assert rec["dual"]["start"] == 2 and rec["dual"]["init"] == str(reference)
+    assert "digit5" in C.constraint_report(rec)
+    assert {"loss", "lam_4", "slack_7"} <= log[-1].keys()
+
+
+def test_lambdas_wait_for_dual_start(tmp_path, cached_data):
+    main([*TINY, "--bounds", "0,0,0", "--steps", "4", "--dual-start", "4", "--outdir", str(tmp_path)])
+    (run,) = list(tmp_path.iterdir())
+    assert load_file(str(run / "state.safetensors"))["extra.lambdas"].tolist() == [0.0, 0.0, 0.0], "no dual step before --dual-start"
