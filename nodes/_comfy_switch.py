@@ -80,6 +80,9 @@ def search_tau(model, positive0, positive1, negative, cfg: float, sampler, sigma
     r = []
 
     def record(i, denoised, x, total):
+        if i != len(r) or i >= len(weights):
+            raise FairSamplingError("the tau search needs a sampler that reports each step of the sigmas once, in order "
+                                    f"(fixed-step samplers such as euler or dpmpp_2m); this one reported step {i} of {len(weights)}")
         r.append(switching.score_difference(x.cpu(), denoised.cpu(), float(sigmas[i]), weights[i]).float())
         pbar.update_absolute(i + 1, total)
 
