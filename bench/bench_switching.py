@@ -57,6 +57,9 @@ def speed(model, n, steps, tau, search_n, repeats):
             "switched": lambda: switching.sample_switched(model, n, steps, 0, 1, tau, batch_size=n, disable=True),
             "vanilla_search_batch": lambda: generate(model, search_n, steps, sampler="euler", class_labels=torch.zeros(search_n, dtype=torch.long),
                                                      batch_size=search_n, disable=True),
+            "vanilla_double_search_batch": lambda: generate(model, 2 * search_n, steps, sampler="euler",
+                                                            class_labels=torch.zeros(2 * search_n, dtype=torch.long),
+                                                            batch_size=2 * search_n, disable=True),
             "search": lambda: switching.search_tau(model, noise, sigmas, 0, 1, disable=True)}
     times = {k: [] for k in runs}
     for _ in range(repeats):  # interleaved, so drifts in machine load hit every variant alike
@@ -65,7 +68,8 @@ def speed(model, n, steps, tau, search_n, repeats):
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"seconds_median": {k: round(v, 3) for k, v in med.items()}, "repeats": repeats, "n": n, "search_n": search_n,
             "switched_over_vanilla": round(med["switched"] / med["vanilla"], 3),
-            "search_over_vanilla_search_batch": round(med["search"] / med["vanilla_search_batch"], 3)}
+            "search_over_vanilla_search_batch": round(med["search"] / med["vanilla_search_batch"], 3),
+            "search_over_vanilla_double_batch": round(med["search"] / med["vanilla_double_search_batch"], 3)}
 
 
 def chart(rows, searched, path):
@@ -97,10 +101,17 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timing repeats")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="bench/out/switching.json")
+    p.add_argument("--speed-only", action="store_true", help="re-measure only the speed, at the tau recorded in --out")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = checkpoints.load(args.checkpoint, kind=checkpoints.DIFFUSION_KINDS).model.eval()
+    if args.speed_only:
+        result = json.loads(Path(args.out).read_text())
+        result["speed"] = speed(model, 64, args.steps, result["summary"]["searched_tau"], 64, args.repeats)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["speed"]))
+        return 0
     clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier").model.eval()
     sigmas = get_sigmas(model, args.steps, "karras")
     stability = []
