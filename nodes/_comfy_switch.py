@@ -86,20 +86,19 @@ def search_tau(model, positive0, positive1, negative, cfg: float, sampler, sigma
         r.append(switching.score_difference(x.cpu(), denoised.cpu(), float(sigmas[i]), weights[i]).float())
         pbar.update_absolute(i + 1, total)
 
-    guider = _guider(PairGuider, model, positive0, positive1, negative, cfg)
-    guider.sample(torch.cat([noise, noise]), torch.cat([empty, empty]), sampler, sigmas, callback=record, disable_pbar=True, seed=seed)
+    pair = _guider(PairGuider, model, positive0, positive1, negative, cfg)
+    pair.sample(torch.cat([noise, noise]), torch.cat([empty, empty]), sampler, sigmas, callback=record, disable_pbar=True, seed=seed)
     return switching.tau_result(torch.stack(r), sigmas.cpu())
 
 
 def sample(model, positive0, positive1, negative, cfg: float, sampler, sigmas: torch.Tensor, latent: dict, seed: int,
            sigma_switch: float, direction: str) -> dict:
     """The switched batch as a LATENT dict (noise from ``seed`` as KSampler draws it; previews and progress)."""
-    guider = _guider(SwitchGuider, model, positive0, positive1, negative, cfg)
-    guider.set_switch(sigma_switch, direction)
+    switched = guider(model, positive0, positive1, negative, cfg, sigma_switch, direction)
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
-    samples = guider.sample(noise, latent_image, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
+    samples = switched.sample(noise, latent_image, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
     return {**latent, "samples": samples.to(comfy.model_management.intermediate_device())}
 
@@ -114,6 +113,7 @@ def sampler_object(name: str):
 
 
 def guider(model, positive0, positive1, negative, cfg: float, sigma_switch: float, direction: str) -> SwitchGuider:
+    """The switching GUIDER (Attribute Switch Guider, and what Attribute Switch Sampler samples with)."""
     g = _guider(SwitchGuider, model, positive0, positive1, negative, cfg)
     g.set_switch(sigma_switch, direction)
     return g
