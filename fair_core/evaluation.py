@@ -24,6 +24,7 @@ SHIPPED = {
     "colour_cond_dsm": "Colored-MNIST, colour-conditional (0 = red, 1 = green), trained on a 50:50 split: attribute switching",
     "eval_classifier": "evaluation classifier: digit (10) and colour (red, green) heads",
     "colored_mnist_adp": "ADP (h-space attribute heads: colour, digit) for colored_mnist_dsm, distribution guidance",
+    "mnist457_dual": "grey MNIST, unconditional, digits 4, 5, 7 kept at 10 %, fine-tuned by constrained dual training",
 }
 # Class names per classifier head: the pack's evaluation classifier (colour, digit) and the optional face-gender
 # model of ``fair_core.face_classifier`` (gender, in the order of its outputs).

@@ -53,24 +53,30 @@ def _batched(fn, module: torch.nn.Module, images: torch.Tensor, batch_size: int)
 
 
 def classify(classifier, images, batch_size: int = 500) -> dict[str, np.ndarray]:
-    """``{head: softmax probabilities (N, K)}`` of the evaluation classifier, in eval mode under ``no_grad``."""
-    x = _images("images", images)
+    """``{head: softmax probabilities (N, K)}`` of the evaluation classifier, in eval mode under ``no_grad``. Grey
+    (1-channel) images are read as red digits (``recolour_red``)."""
+    x = _rgb(_images("images", images))
     classifier.check_input(x)
     outs = _batched(lambda b: {k: v.float().softmax(1).cpu() for k, v in classifier(b).items()}, classifier, x, batch_size)
     return {k: torch.cat([o[k] for o in outs]).numpy() for k in outs[0]}
 
 
 def classifier_features(classifier, images, batch_size: int = 500) -> np.ndarray:
-    """The classifier's trunk features (N, feature_dim) as float32, in eval mode under ``no_grad``."""
-    x = _images("images", images)
+    """The classifier's trunk features (N, feature_dim) as float32, in eval mode under ``no_grad`` (grey as in ``classify``)."""
+    x = _rgb(_images("images", images))
     classifier.check_input(x)
     return torch.cat(_batched(lambda b: classifier.features(b).float().cpu(), classifier, x, batch_size)).numpy()
 
 
+def _rgb(x: torch.Tensor) -> torch.Tensor:
+    return recolour_red(x) if x.shape[1] == 1 else x
+
+
 def recolour_red(images) -> torch.Tensor:
-    """Luminance drawn in red: channel 0 = max over channels (in [-1, 1]), every other channel = -1."""
+    """Luminance drawn in red, as RGB: channel 0 = max over channels (in [-1, 1]), channels 1 and 2 = -1. Grey (1-channel)
+    digits become red digits, the form the evaluation classifier reads best (bench/RESULTS.md, classifier check)."""
     x = _images("images", images)
-    out = torch.full_like(x, -1.0)
+    out = torch.full((x.shape[0], 3, *x.shape[2:]), -1.0, dtype=x.dtype, device=x.device)
     out[:, 0] = x.max(1).values
     return out
 

@@ -3,7 +3,7 @@
 A pack checkpoint (``fair_core.checkpoints``) becomes a ``ModelPatcher`` around a ``comfy.model_base.BaseModel``
 whose ``diffusion_model`` is :class:`PixelUNet`. ComfyUI then does what it does for any discrete-VP model:
 ``x_vp = x / sqrt(sigma^2 + 1)``, nearest discrete timestep, ``eps`` or ``v`` to x0. The latent format is the
-identity (pixel space, 3 channels, values in [-1, 1]) and the matching VAE is ComfyUI's pixel-space VAE.
+identity (pixel space, 3 channels or 1 for grey models, values in [-1, 1]) and the matching VAE is ComfyUI's pixel-space VAE.
 """
 from __future__ import annotations
 
@@ -85,7 +85,17 @@ class PixelUNet(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def _labels(self, y):
+        """An unconditional model takes the null label -1 (KSampler needs some conditioning) and refuses others."""
+        if y is None or self.denoiser.cfg.conditional:
+            return y
+        if bool((y == -1).all()):
+            return None
+        raise FairSamplingError(f"this model is unconditional (condition='none'): condition it with the null label -1 "
+                                f"(Fair Class Label '-1'), got labels {sorted(set(y.tolist()))}")
+
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
+        y = self._labels(y)
         patches = transformer_options.get("patches", {}).get("output_block_patch", [])
         if not patches:
             return self.denoiser.network(x, timesteps, y)
@@ -111,11 +121,21 @@ class PixelModel(comfy.model_base.BaseModel):
         return out
 
 
+class GreyPixels(comfy.latent_formats.LatentFormat):
+    """One-channel pixel space (grey models, e.g. ``python -m training dsm --data mnist``): identity in and out;
+    previews draw the channel as grey."""
+
+    latent_channels = 1
+
+    def __init__(self):
+        self.latent_rgb_factors = [[1.0, 1.0, 1.0]]
+
+
 def _model_config(cfg) -> comfy.supported_models_base.BASE:
     config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
     config.sampling_settings = {"beta_schedule": COMFY_BETA_SCHEDULE[cfg.beta_schedule], "linear_start": cfg.beta_start,
                                 "linear_end": cfg.beta_end, "timesteps": cfg.num_train_timesteps}
-    config.latent_format = comfy.latent_formats.ChromaRadiance()  # identity, 3 channels: pixel space
+    config.latent_format = comfy.latent_formats.ChromaRadiance() if cfg.channels == 3 else GreyPixels()  # identity: pixel space
     config.memory_usage_factor = 1.0
     return config
 
@@ -128,8 +148,9 @@ def load_model(path: str, kind=checkpoints.DIFFUSION_KINDS, weight_dtype: str = 
     with torch.inference_mode(False):  # weights usable by autograd (h-space guidance) even inside the executor
         ckpt = checkpoints.load(path, kind=kind, device=offload, dtype=DTYPES[weight_dtype])
     cfg = ckpt.config
-    if cfg.channels != 3:
-        raise FairSamplingError(f"{path}: ComfyUI needs a 3-channel (RGB) pixel model, this checkpoint has channels={cfg.channels}")
+    if cfg.channels not in (1, 3):
+        raise FairSamplingError(f"{path}: ComfyUI needs a 1-channel (grey) or 3-channel (RGB) pixel model, this checkpoint has "
+                                f"channels={cfg.channels}")
     model_type = comfy.model_base.ModelType.EPS if cfg.prediction_type == "epsilon" else comfy.model_base.ModelType.V_PREDICTION
     model = PixelModel(_model_config(cfg), model_type=model_type, device=offload)
     model.diffusion_model = PixelUNet(ckpt.model)
@@ -138,9 +159,15 @@ def load_model(path: str, kind=checkpoints.DIFFUSION_KINDS, weight_dtype: str = 
     return patcher, ckpt
 
 
-def pixel_vae():
-    """ComfyUI's pixel-space 'VAE': VAEDecode maps [-1, 1] model space to [0, 1] images, VAEEncode back."""
-    return comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+def pixel_vae(channels: int = 3):
+    """ComfyUI's pixel-space 'VAE': VAEDecode maps [-1, 1] model space to [0, 1] images, VAEEncode back. For a grey
+    model (``channels=1``) VAEDecode draws the channel as an RGB grey image, and VAEEncode takes the channel mean."""
+    vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
+    if channels == 1:
+        vae.latent_channels = 1
+        vae.process_input = lambda image: image.mean(1, keepdim=True) * 2.0 - 1.0
+        vae.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0).expand(-1, 3, *image.shape[2:])
+    return vae
 
 
 def label_conditioning(labels: list[int]):

@@ -42,7 +42,7 @@ class FairCheckpointLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name, path="", weight_dtype="default") -> io.NodeOutput:
         model, ckpt = _comfy.load_model(_comfy.resolve(ckpt_name, path), kind=cls.KINDS, weight_dtype=weight_dtype)
-        return io.NodeOutput(model, _comfy.pixel_vae(), ckpt.config.num_classes if ckpt.config.conditional else 0)
+        return io.NodeOutput(model, _comfy.pixel_vae(ckpt.config.channels), ckpt.config.num_classes if ckpt.config.conditional else 0)
 
 
 class _RecordedKindLoader(io.ComfyNode):
@@ -85,7 +85,7 @@ class _RecordedKindLoader(io.ComfyNode):
             raise FairSamplingError(f"{cls.DISPLAY} needs a {cls.KIND!r} checkpoint ({cls.COMMAND}); {file!r} is a {kind!r} "
                                     f"checkpoint: load it with Fair Checkpoint Loader instead")
         model, ckpt = _comfy.load_model(file, kind=(cls.KIND,), weight_dtype=weight_dtype)
-        return io.NodeOutput(model, _comfy.pixel_vae(), cls.report(ckpt.training))
+        return io.NodeOutput(model, _comfy.pixel_vae(ckpt.config.channels), cls.report(ckpt.training))
 
 
 class TIWScoreLoader(_RecordedKindLoader):

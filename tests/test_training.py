@@ -102,3 +102,16 @@ def test_resume_of_another_command_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["classifier", "--resume", str(run)])
     assert "is a 'dsm' run, not 'classifier'" in capsys.readouterr().err
+
+
+def test_init_starts_from_the_given_checkpoint(tmp_path):
+    """``--init`` (the matched control of a fine-tuning run) starts from the checkpoint's weights, not from scratch."""
+    main([*TINY, "--steps", "2", "--seed", "3", "--outdir", str(tmp_path / "a"), "--export", str(tmp_path / "a.safetensors")])
+    main([*TINY, "--steps", "1", "--lr", "1e-9", "--outdir", str(tmp_path / "b"), "--init", str(tmp_path / "a.safetensors"),
+          "--export", str(tmp_path / "b.safetensors")])
+    main([*TINY, "--steps", "1", "--lr", "1e-9", "--outdir", str(tmp_path / "c"), "--export", str(tmp_path / "c.safetensors")])
+    a, b, c = (checkpoints.load(tmp_path / f"{n}.safetensors") for n in "abc")
+    wa, wb, wc = (torch.cat([p.flatten() for p in m.model.parameters()]) for m in (a, b, c))
+    assert torch.allclose(wa, wb, atol=1e-5)
+    assert (wa - wc).abs().max() > 1e-2
+    assert b.training["init"] == str(tmp_path / "a.safetensors") and c.training["init"] is None

@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 RESUME_OVERRIDES = ("steps", "device", "time_limit", "threads", "save_every")
 
 
+def add_init(p: argparse.ArgumentParser, what: str) -> None:
+    """``--init``: start a fresh run from a diffusion checkpoint of the same architecture (ignored on --resume)."""
+    p.add_argument("--init", default=None, help=f"start from this diffusion checkpoint (same architecture): {what}; default: from scratch")
+
+
 def add_common(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--outdir", default="runs", help="parent folder of numbered run folders")

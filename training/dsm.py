@@ -16,7 +16,7 @@ from fair_core.models import CONDITIONS, build_unet, named_config
 
 from . import cli
 from .data import load as load_data
-from .runs import Loop, adam_ema_resume, pick_device, step_generator
+from .runs import Loop, adam_ema_resume, init_from, pick_device, step_generator
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
                    help="network target; v keeps the x0 error bounded at high noise (see README, Training)")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    cli.add_init(p, "e.g. to continue a model on other data, or as the matched control of a fine-tuning run")
     cli.add_data(p, colour_ratio=0.9)
     cli.add_common(p, steps=6000, batch=64, lr=3e-4)
     p.set_defaults(func=main)
@@ -41,10 +42,21 @@ def model_config(opts: dict, channels: int):
                                prediction_type=opts["prediction"])
 
 
+def new_model(opts: dict, channels: int, run_dir: Path, device):
+    """``(cfg, model)``: the run's denoiser, seeded, with ``--init``'s weights on a fresh run (a resumed run loads its
+    state afterwards)."""
+    cfg = model_config(opts, channels)
+    torch.manual_seed(opts["seed"])
+    model = DiscreteVPDenoiser(build_unet(cfg), cfg).to(device)
+    if opts.get("init") and not (run_dir / "state.safetensors").exists():
+        init_from(model, opts["init"], cfg)
+    return cfg, model
+
+
 def training_record(opts: dict, run_dir: Path, step: int) -> dict:
     """The ``training`` metadata of an export: the command, the data, the steps and the seed."""
     return {"command": cli.recorded_command_line(run_dir), "data": dataclasses.asdict(cli.data_config(opts)), "steps": step,
-            "seed": opts["seed"], "batch": opts["batch"], "run": run_dir.name}
+            "seed": opts["seed"], "batch": opts["batch"], "run": run_dir.name, "init": opts.get("init")}
 
 
 def export(run_dir: Path, model, kind: str, cfg, training: dict, extra_path: str | None) -> Path:
@@ -66,9 +78,7 @@ def main(args: argparse.Namespace) -> None:
         return
     device = pick_device(opts["device"])
     data = load_data(data_cfg)
-    cfg = model_config(opts, data.channels)
-    torch.manual_seed(opts["seed"])
-    model = DiscreteVPDenoiser(build_unet(cfg), cfg).to(device)
+    cfg, model = new_model(opts, data.channels, run_dir, device)
     log.info("%s: %d parameters, %d training images, device %s", opts["model"], sum(p.numel() for p in model.parameters()), len(data), device)
     opt, ema, start = adam_ema_resume(model, opts, run_dir, device)
 

@@ -35,14 +35,13 @@ import torch
 
 from fair_core import checkpoints
 from fair_core import constrained as C
-from fair_core.denoiser import DiscreteVPDenoiser
 from fair_core.errors import FairSamplingError, check_choice, check_range
-from fair_core.models import CONDITIONS, build_unet
+from fair_core.models import CONDITIONS
 
 from . import cli
 from .data import COLOURS, NUM_DIGITS, ImageSet
 from .data import load as load_data
-from .dsm import export, model_config, training_record
+from .dsm import export, model_config, new_model, training_record  # noqa: F401 (model_config: used by bench and tests)
 from .runs import EMA, Loop, load_state, pick_device, step_generator
 
 log = logging.getLogger(__name__)
@@ -71,9 +70,7 @@ def add_parser(sub) -> None:
     g.add_argument("--dual-start", type=int, default=0,
                    help="primal steps before the first dual step (lambda stays 0): bounds set by a trained reference are far "
                         "below an untrained model's loss, and lambda would climb for as long as that lasts")
-    g.add_argument("--init", default=None,
-                   help="start from this diffusion checkpoint (same architecture), e.g. the unconstrained model: dual "
-                        "training as constrained fine-tuning; default: from scratch")
+    cli.add_init(g, "e.g. the unconstrained model, for dual training as constrained fine-tuning")
     g.add_argument("--bounds", default="auto", help="'auto' (needs --bound-reference) or comma-separated b_i, one per set")
     g.add_argument("--bound-reference", default=None, help="checkpoint whose loss on each set sets the auto bounds")
     g.add_argument("--bound-margin", type=float, default=-0.05,
@@ -198,13 +195,9 @@ def main(args: argparse.Namespace) -> None:
     data = load_data(data_cfg)
     cons = constraint_sets(sets, opts["constraint_source"], data, data_cfg)
     names = [set_name(s) for s in sets]
-    cfg = model_config(opts, data.channels)
-    torch.manual_seed(opts["seed"])
-    model = DiscreteVPDenoiser(build_unet(cfg), cfg).to(device)
+    cfg, model = new_model(opts, data.channels, run_dir, device)
     log.info("%s: %d parameters, %d training images, constraint sets %s", opts["model"], sum(p.numel() for p in model.parameters()),
              len(data), ", ".join(f"{n} ({len(c)} images)" for n, c in zip(names, cons)))
-    if opts["init"] and not (run_dir / "state.safetensors").exists():
-        init_from(model, opts["init"], cfg)
     opt = torch.optim.Adam(model.parameters(), lr=opts["lr"])
     ema = EMA(model, opts["ema"])
     alpha = opts["alpha"] if opts["relaxation"] == "resilient" else None
@@ -268,16 +261,6 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
                 **{f"slack_{short_name(n)}": v for n, v in zip(names, slacks.tolist())}}
 
     return step_fn
-
-
-def init_from(model, path: str, cfg) -> None:
-    """Copy the weights of a diffusion checkpoint whose config equals this run's (else a clear error)."""
-    ckpt = checkpoints.load(path, kind=checkpoints.DIFFUSION_KINDS)
-    if ckpt.config != cfg:
-        diff = {k: (getattr(ckpt.config, k), getattr(cfg, k)) for k in vars(cfg) if getattr(ckpt.config, k) != getattr(cfg, k)}
-        raise FairSamplingError(f"--init {path!r} has another model config than this run (checkpoint, run): {diff}")
-    model.load_state_dict(ckpt.model.state_dict(), strict=True)
-    log.info("initialised from %s (%s, %s steps)", path, ckpt.kind, ckpt.training.get("steps"))
 
 
 def resolve_bounds(opts: dict, cons: list[ImageSet], condition: str, device) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from fair_core import checkpoints
 from fair_core.checkpoints import atomic_write
 from fair_core.errors import FairSamplingError
 
@@ -182,3 +183,13 @@ def adam_ema_resume(model, opts: dict, run_dir: Path, device):
         start, _ = load_state(run_dir / "state.safetensors", model, ema, opt, device)
         log.info("resumed at step %d", start)
     return opt, ema, start
+
+
+def init_from(model, path: str, cfg) -> None:
+    """Copy the weights of a diffusion checkpoint whose config equals this run's (else a clear error)."""
+    ckpt = checkpoints.load(path, kind=checkpoints.DIFFUSION_KINDS)
+    if ckpt.config != cfg:
+        diff = {k: (getattr(ckpt.config, k), getattr(cfg, k)) for k in vars(cfg) if getattr(ckpt.config, k) != getattr(cfg, k)}
+        raise FairSamplingError(f"--init {path!r} has another model config than this run (checkpoint, run): {diff}")
+    model.load_state_dict(ckpt.model.state_dict(), strict=True)
+    log.info("initialised from %s (%s, %s steps)", path, ckpt.kind, ckpt.training.get("steps"))

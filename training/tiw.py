@@ -27,11 +27,11 @@ from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscrimin
                                      tiw_dsm_loss)
 from fair_core.denoiser import DiscreteVPDenoiser
 from fair_core.errors import DataError, FairSamplingError, check_range
-from fair_core.models import CONDITIONS, build_unet, config_from_dict
+from fair_core.models import CONDITIONS, config_from_dict
 
 from . import cli
 from .data import load as load_data
-from .dsm import export, model_config, training_record
+from .dsm import export, new_model, training_record
 from .runs import Loop, adam_ema_resume, load_state, pick_device, step_generator
 
 log = logging.getLogger(__name__)
@@ -156,9 +156,7 @@ def main(args: argparse.Namespace) -> None:
         return
     device = pick_device(opts["device"])
     bias, ref = load_parts(opts)
-    cfg = model_config(opts, bias.channels)
-    torch.manual_seed(opts["seed"])
-    model = DiscreteVPDenoiser(build_unet(cfg), cfg).to(device)
+    cfg, model = new_model(opts, bias.channels, run_dir, device)
     disc, disc_facts = get_discriminator(opts, run_dir, bias, ref, model, device)
     log.info("%s: %d biased + %d reference images, loss mode %s, device %s", opts["model"], len(bias), len(ref), opts["loss_mode"], device)
     opt, ema, start = adam_ema_resume(model, opts, run_dir, device)

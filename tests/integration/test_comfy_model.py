@@ -112,3 +112,40 @@ def test_fairness_audit_node_and_its_errors(comfy_inprocess):
         AttributeClassifierLoader.execute("nope.safetensors")
     with pytest.raises(FairSamplingError, match="'dsm' checkpoint; expected kind 'classifier'"):
         AttributeClassifierLoader.execute("eval_classifier.safetensors", path=str(evaluation.resolve_checkpoint("colored_mnist_dsm")))
+
+
+def test_a_grey_model_samples_decodes_and_encodes_in_comfyui(comfy_inprocess, tmp_path):
+    """A 1-channel model (``training dsm --data mnist``): one-channel latent, the same denoiser as ours, VAEDecode
+    draws it as RGB grey and VAEEncode takes it back."""
+    import dataclasses
+
+    import comfy.sample
+    import nodes as comfy_nodes
+
+    from fair_core.models import named_config
+    from fair_pack.nodes.conditioning import FairClassLabel
+    from fair_pack.nodes.latent import FairEmptyLatent
+    from fair_pack.nodes.loaders import FairCheckpointLoader
+
+    cfg = dataclasses.replace(named_config("unet", "tiny"), channels=1, prediction_type="v_prediction", condition="none", num_classes=0)
+    torch.manual_seed(0)
+    path = checkpoints.save(tmp_path / "grey.safetensors", checkpoints.KINDS["dsm"].build(cfg), "dsm", cfg, {"steps": 1})
+    model, vae, num_classes = FairCheckpointLoader.execute("", path=str(path)).result
+    assert num_classes == 0
+    latent = FairEmptyLatent.execute(model, 2).result[0]["samples"]
+    assert latent.shape == (2, 1, 28, 28)
+    ours = checkpoints.load(path).model
+    sigma = ours.sigmas[[100, 900]]
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * sigma.view(-1, 1, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model.model.apply_model(x, sigma), ours(x, sigma), rtol=1e-4, atol=1e-4)
+    null = FairClassLabel.execute("-1").result[0]
+    samples = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), 4, 1.0, "euler", "karras", null, null, latent, seed=0)
+    assert samples.shape == (2, 1, 28, 28) and torch.isfinite(samples).all()
+    (image,) = comfy_nodes.VAEDecode().decode(vae, {"samples": samples})
+    assert image.shape == (2, 28, 28, 3)
+    assert torch.equal(image[..., 0], image[..., 1]) and torch.equal(image[..., 0], image[..., 2])
+    assert torch.allclose(image[..., 0], ((samples[:, 0] + 1) / 2).clamp(0, 1), atol=1e-6)
+    (back,) = comfy_nodes.VAEEncode().encode(vae, image)
+    assert back["samples"].shape == (2, 1, 28, 28)
+    assert torch.allclose(back["samples"], samples.clamp(-1, 1), atol=1e-5)

@@ -16,10 +16,9 @@ import run_workflow  # noqa: E402
 
 NO_WORKFLOW_NODES = {"FairPromptEmbeddingBias"}  # needs CLIP weights, none offline: its graph is in docs/NODES.md
 NO_WORKFLOW_NODES |= {"TIWScoreLoader"}  # no tiw checkpoint ships yet (issue 4): no example workflow can load one
-NO_WORKFLOW_NODES |= {"ConstrainedCheckpoint"}  # no dual checkpoint ships yet (issue 5)
 PACK_NODES = {"FairCheckpointLoader", "FairClassLabel", "FairEmptyLatent", "FairAttributeClassifierLoader", "FairnessAudit",
               "AttributeSwitchSampler", "AttributeSwitchGuider", "TransitionPointSearch", "FairADPLoader",
-              "FairDistributionGuidance", "FairADPTrainer"}
+              "FairDistributionGuidance", "FairADPTrainer", "ConstrainedCheckpoint"}
 API_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.api.json"))
 
 
