@@ -37,7 +37,9 @@ def test_every_pack_node_is_registered_with_tooltips(server):
             for input_name, spec in node["input"].get(section, {}).items():
                 assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
         assert all(node["output_tooltips"]), f"{name} has an output without a tooltip"
-    assert info["FairCheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"] == ["colored_mnist_dsm.safetensors", "colour_cond_dsm.safetensors"]
+    assert info["FairCheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"] == [
+        "colored_mnist_dsm.safetensors", "colour_cond_dsm.safetensors", "mnist457_dual.safetensors"]  # every diffusion kind
+    assert info["ConstrainedCheckpoint"]["input"]["required"]["ckpt_name"][1]["options"] == ["mnist457_dual.safetensors"]
     assert info["FairAttributeClassifierLoader"]["input"]["required"]["classifier_name"][1]["options"] == ["eval_classifier.safetensors", "face_gender"]
 
 
