@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from fair_core import constrained as C  # noqa: E402
 from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
 from fair_core.models import build_unet  # noqa: E402
-from training import dual  # noqa: E402
+from training import dsm, dual  # noqa: E402
 from training.data import DataConfig, load  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     cons = dual.constraint_sets(sets, "biased", data, data_cfg)
     opts = {"model": a.model, "condition": "none", "prediction": "v_prediction", "seed": 0, "batch": a.batch, "dual_batch": a.dual_batch,
             "lr": 3e-4, "warmup": 200, "dual_every": 10, "dual_start": 0, "dual_lr": 5.0}
-    cfg = dual.model_config(opts, data.channels)
+    cfg = dsm.model_config(opts, data.channels)
     torch.manual_seed(0)
     base = DiscreteVPDenoiser(build_unet(cfg), cfg)
     runs = {}

@@ -78,9 +78,10 @@ class DiscreteVPDenoiser(nn.Module):
 
     # ----- denoiser -----------------------------------------------------------------------------------------
     def labels_or_null(self, class_labels: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
-        if not self.cfg.conditional:
-            if class_labels is not None:
-                raise FairSamplingError("class_labels were given but this model is unconditional (condition='none')")
+        if not self.cfg.conditional:  # only the null label -1 means anything to it (ComfyUI's KSampler needs some label)
+            if class_labels is not None and not bool((class_labels == -1).all()):
+                raise FairSamplingError(f"this model is unconditional (condition='none'): give no class_labels or the null "
+                                        f"label -1, got {sorted(set(class_labels.tolist()))}")
             return None
         null = self.cfg.num_classes
         if class_labels is None:

@@ -85,17 +85,7 @@ class PixelUNet(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def _labels(self, y):
-        """An unconditional model takes the null label -1 (KSampler needs some conditioning) and refuses others."""
-        if y is None or self.denoiser.cfg.conditional:
-            return y
-        if bool((y == -1).all()):
-            return None
-        raise FairSamplingError(f"this model is unconditional (condition='none'): condition it with the null label -1 "
-                                f"(Fair Class Label '-1'), got labels {sorted(set(y.tolist()))}")
-
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
-        y = self._labels(y)
         patches = transformer_options.get("patches", {}).get("output_block_patch", [])
         if not patches:
             return self.denoiser.network(x, timesteps, y)

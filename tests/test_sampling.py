@@ -192,8 +192,12 @@ def test_sigma_timestep_round_trip(tiny_unet):
     assert torch.allclose(tiny_unet.sigma_to_t(tiny_unet.sigmas[[0, 10, 999]]), torch.tensor([0.0, 10.0, 999.0]), atol=1e-3)
 
 
-def test_unconditional_model_refuses_labels():
+def test_unconditional_model_takes_only_the_null_label():
     model = checkpoints.KINDS["dsm"].build(dataclasses.replace(UNET_CONFIGS["tiny"], condition="none", num_classes=0))
-    assert model(torch.randn(2, 3, 28, 28), torch.ones(2)).shape == (2, 3, 28, 28)
-    with pytest.raises(FairSamplingError, match="unconditional"):
-        model(torch.randn(2, 3, 28, 28), torch.ones(2), class_labels=torch.tensor([1, 2]))
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        plain = model(x, torch.ones(2))
+        assert plain.shape == (2, 3, 28, 28)
+        assert torch.equal(model(x, torch.ones(2), class_labels=torch.tensor([-1, -1])), plain)  # -1 = no condition
+    with pytest.raises(FairSamplingError, match=r"unconditional .* the null label -1, got \[-1, 2\]"):
+        model(x, torch.ones(2), class_labels=torch.tensor([2, -1]))

@@ -11,7 +11,7 @@ from fair_core import constrained as C
 from fair_core.denoiser import DiscreteVPDenoiser
 from fair_core.errors import FairSamplingError
 from fair_core.models import build_unet
-from training import dual
+from training import dsm, dual
 from training.__main__ import main
 from training.data import DataConfig, ImageSet
 
@@ -34,7 +34,7 @@ def cached_data(monkeypatch, data_cache):
 def reference(tmp_path_factory):
     """An (untrained) tiny unconditional grey dsm checkpoint: only its losses matter, as the scale of the auto bounds."""
     opts = {"model": "tiny", "condition": "none", "prediction": "v_prediction"}
-    cfg = dual.model_config(opts, channels=1)
+    cfg = dsm.model_config(opts, channels=1)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ref") / "ref.safetensors"
     checkpoints.save(path, DiscreteVPDenoiser(build_unet(cfg), cfg), "dsm", cfg, {"steps": 0})
@@ -90,7 +90,7 @@ def test_constraint_sets_by_digit_and_colour():
 
 
 def test_reference_of_another_image_size_is_refused(tmp_path, capsys, cached_data):
-    cfg = dual.model_config({"model": "tiny", "condition": "none", "prediction": "v_prediction"}, channels=3)
+    cfg = dsm.model_config({"model": "tiny", "condition": "none", "prediction": "v_prediction"}, channels=3)
     path = tmp_path / "rgb.safetensors"
     checkpoints.save(path, DiscreteVPDenoiser(build_unet(cfg), cfg), "dsm", cfg, {})
     with pytest.raises(SystemExit) as e:

@@ -41,7 +41,7 @@ from fair_core.models import CONDITIONS
 from . import cli
 from .data import COLOURS, NUM_DIGITS, ImageSet
 from .data import load as load_data
-from .dsm import export, model_config, new_model, training_record  # noqa: F401 (model_config: used by bench and tests)
+from .dsm import export, new_model, training_record
 from .runs import EMA, Loop, load_state, pick_device, step_generator
 
 log = logging.getLogger(__name__)

@@ -142,6 +142,9 @@ def test_a_grey_model_samples_decodes_and_encodes_in_comfyui(comfy_inprocess, tm
     null = FairClassLabel.execute("-1").result[0]
     samples = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), 4, 1.0, "euler", "karras", null, null, latent, seed=0)
     assert samples.shape == (2, 1, 28, 28) and torch.isfinite(samples).all()
+    three = FairClassLabel.execute("3").result[0]
+    with pytest.raises(Exception, match=r"unconditional .* the null label -1, got \[3\]"):
+        comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), 2, 1.0, "euler", "karras", three, null, latent, seed=0)
     (image,) = comfy_nodes.VAEDecode().decode(vae, {"samples": samples})
     assert image.shape == (2, 28, 28, 3)
     assert torch.equal(image[..., 0], image[..., 1]) and torch.equal(image[..., 0], image[..., 2])
