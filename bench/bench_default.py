@@ -8,7 +8,6 @@ measured within one run (warm-up excluded); compare ratios, not absolute times a
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _bench import write_json  # noqa: E402
 
 from fair_core import checkpoints, evaluation, features  # noqa: E402
 from fair_core.models import EvalClassifier  # noqa: E402
@@ -94,11 +95,7 @@ def main() -> None:
         real = real_test_images(args.fid_n).to(device)
         report["eval"]["quality"]["inception_fid"] = round(float(features.inception_fid(images[: args.fid_n], real)), 2)
         report["eval"]["quality"]["inception_fid_n"] = args.fid_n
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    write_json(report, args.json)
 
 
 if __name__ == "__main__":

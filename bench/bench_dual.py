@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -23,6 +22,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _bench import write_json  # noqa: E402
 
 from fair_core import constrained as C  # noqa: E402
 from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
@@ -74,10 +75,7 @@ def main() -> None:
               "ratio_of_medians": round(statistics.median(times["dual"]) / statistics.median(times["dsm"]), 3),
               "median_pair_ratio": round(statistics.median(ratios), 3),
               "expected_ratio_from_images": (a.batch + len(cons) * a.dual_batch) / a.batch, "wall_s": round(time.monotonic() - t0, 1)}
-    print(json.dumps(result, indent=2))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, a.json)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _bench import add_eval_parser, add_run_options, run_plan, write_json  # noqa: E402
 from fair_core import checkpoints, evaluation, features, plots  # noqa: E402
 from fair_core.sampling import generate  # noqa: E402
 
@@ -91,16 +90,7 @@ def plan(a) -> None:
 
 
 def run(a) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(a.threads)}
-    for name, cmd in commands(a).items():
-        export = Path(cmd[-1]) if name != "eval" else None
-        if export is not None and export.exists() and a.existing == "skip":
-            print(f"{name}: {export} exists, skipped (--existing retrain retrains)", flush=True)
-            continue
-        t0 = time.monotonic()
-        print(" ".join(cmd), flush=True)
-        subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, env=env, check=True)
-        print(f"{name}: {time.monotonic() - t0:.0f} s", flush=True)
+    run_plan(commands(a), a.threads, a.existing)
 
 
 @torch.no_grad()
@@ -121,10 +111,7 @@ def evaluate_model(path: str, clf, n: int, steps: int, seed: int) -> dict:
 def eval_cmd(a) -> None:
     clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier").model
     results = [evaluate_model(p, clf, a.n, a.steps, a.seed) for p in a.models]
-    print(json.dumps(results, indent=2))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, a.json)
     if a.png:
         names = [Path(r["path"]).stem for r in results]
         chart = plots.distribution_chart(
@@ -171,19 +158,9 @@ def main() -> None:
         s.add_argument("--dual-start", type=int, default=1000, help="primal steps before the first dual step")
         s.add_argument("--relaxation", default="resilient", choices=["none", "resilient"])
         s.add_argument("--alpha", type=float, default=100.0)
-        s.add_argument("--threads", type=int, default=2)
-        s.add_argument("--n", type=int, default=1000, help="samples per model in the evaluation")
-        s.add_argument("--out", default="bench/out")
-        s.add_argument("--scale", default="full", choices=["full", "smoke"], help="smoke: tiny models, 4 steps, 16 samples (pipeline check)")
-        s.add_argument("--existing", default="skip", choices=["skip", "retrain"], help="what to do when an export already exists")
+        add_run_options(s, "bench/out", "tiny models, 4 steps, 16 samples")
     sub.add_parser("classifier-check")
-    e = sub.add_parser("eval")
-    e.add_argument("models", nargs="+")
-    e.add_argument("--n", type=int, default=1000)
-    e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", default=None)
-    e.add_argument("--png", default=None, help="also chart the per-digit frequencies with 95 % intervals here")
+    add_eval_parser(sub, "the per-digit frequencies")
     a = p.parse_args()
     {"plan": plan, "run": run, "eval": eval_cmd, "classifier-check": classifier_check}[a.cmd](a)
 

@@ -21,6 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from _bench import write_json  # noqa: E402
+
 import dual_toy as T  # noqa: E402
 from fair_core import constrained as C  # noqa: E402
 
@@ -53,9 +55,7 @@ def main() -> None:
                          "predicted_weights": [round(w, 4) for w in C.component_weights(T.PI, [1], [lam]).tolist()],
                          "seconds": round(time.monotonic() - t0, 1)}
         print(name, json.dumps(results[name]), flush=True)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, a.json, echo=False)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _bench import write_json  # noqa: E402
+
 from fair_core import checkpoints, evaluation, guidance  # noqa: E402
 from fair_core.sampling import generate  # noqa: E402
 
@@ -108,11 +110,7 @@ def main() -> None:
     if args.repeats:
         report["speed"] = speed(model, guided_model(model, adp, "uniform", args.scale, args), args.speed_batch, args)
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    write_json(report, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _bench import write_json  # noqa: E402
 from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator  # noqa: E402
 from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
 from fair_core.models import build_unet, named_config  # noqa: E402
@@ -78,9 +79,7 @@ def main():
               "dsm_s_per_step": round(dsm, 4), "tiw_s_per_step": round(tiw, 4), "ratio": round(tiw / dsm, 3),
               "dsm_cpu_s_per_step": round(dsm_cpu, 4), "tiw_cpu_s_per_step": round(tiw_cpu, 4), "cpu_ratio": round(tiw_cpu / dsm_cpu, 3),
               "blocks": {k: [round(v, 4) for v in vs] for k, vs in times.items()}}
-    print(json.dumps(result, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ model per method and reports the share of samples in the minority mode (x > 0):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -25,6 +24,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _bench import write_json  # noqa: E402
 from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, discriminator_loss,  # noqa: E402
                                      log_ratio_and_grad, sigma_embedding, tiw_dsm_loss)
 from fair_core.sampling import get_sigmas_karras, sample_heun  # noqa: E402
@@ -147,8 +148,7 @@ def main():
         result["seconds"][method] = round(time.time() - t0, 1)
         print(f"{method:12s} minority share {100 * share:5.1f} %  (reference 50, biased 10; +-{100 * math.sqrt(share * (1 - share) / args.samples):.1f} s.e.)"
               f"  {result['seconds'][method]} s", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out, echo=False)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ def demo_methods(n: int, steps: int, seed: int, device, classifier):
     default = load_diffusion("colored_mnist_dsm", device).model
     labels = evaluation.uniform_labels(default, n)
     yield "vanilla (DSM on 90:10 data)", generate(default, n, steps, class_labels=labels, seed=seed, device=device, disable=True), ""
+    tiw = load_diffusion("colored_mnist_tiw", device)
+    yield (f"TIW-DSM ({tiw.training['reference_fraction']:.0%} balanced reference set)",
+           generate(tiw.model, n, steps, class_labels=labels, seed=seed, device=device, disable=True), "")
     colour = load_diffusion("colour_cond_dsm", device).model
     images, search, _ = sample_switched(colour, n, steps, 0, 1, "auto", "alternate", seed=seed, search_n=32, device=device, disable=True)
     started, _ = switch_labels("alternate", 0, 1, n)

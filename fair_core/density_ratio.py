@@ -216,7 +216,9 @@ def describe_tiw_training(training: dict) -> str:
         f"reference fraction: {training.get('reference_fraction', '?')} (D_ref {training.get('n_reference', '?')} images, balanced)",
         f"discriminator: {disc.get('path', '?')} ({'trained in the run' if disc.get('trained_in_run') else 'given'}, "
         f"{disc.get('steps', '?')} steps, clip {(disc.get('config') or {}).get('clip', '?')})",
-        f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}",
+        f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
+        f"started from {training.get('init') or 'scratch'}",
         f"command: {training.get('command', '?')}",
+        *(f"resumed with: {c}" for c in training.get("resumed_with") or []),
     ]
     return "\n".join(lines)

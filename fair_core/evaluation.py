@@ -21,6 +21,7 @@ from .sampling import generate
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = {
     "colored_mnist_dsm": "Colored-MNIST, digit-conditional, trained on the 90:10 red:green biased split (plain DSM)",
+    "colored_mnist_tiw": "Colored-MNIST, digit-conditional, colored_mnist_dsm fine-tuned by TIW-DSM with a 5 % balanced reference set",
     "colour_cond_dsm": "Colored-MNIST, colour-conditional (0 = red, 1 = green), trained on a 50:50 split: attribute switching",
     "eval_classifier": "evaluation classifier: digit (10) and colour (red, green) heads",
     "colored_mnist_adp": "ADP (h-space attribute heads: colour, digit) for colored_mnist_dsm, distribution guidance",

@@ -23,6 +23,7 @@ DEFAULT = "colored_mnist_dsm.safetensors"
 
 COLOUR = "colour_cond_dsm.safetensors"  # shipped colour-conditional model: label 0 = red, 1 = green
 DUAL = "mnist457_dual.safetensors"  # shipped dual-trained grey MNIST model (digits 4, 5, 7 kept at 10 %), unconditional
+TIW = "colored_mnist_tiw.safetensors"  # shipped TIW-DSM model: the default fine-tuned with a 5 % balanced reference set
 
 
 def _loader(ckpt=DEFAULT):
@@ -38,10 +39,10 @@ def _decode_and_save(samples, vae, prefix):
             "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}}}
 
 
-def _digits_with_ksampler(batch_size):
-    """Shipped model, one label per digit cycled over the batch, KSampler dpmpp_2m / karras, 20 steps, seed 0."""
+def _digits_with_ksampler(batch_size, loader=None):
+    """Shipped model (or ``loader``), one label per digit cycled over the batch, KSampler dpmpp_2m / karras, 20 steps, seed 0."""
     return {
-        "loader": _loader(),
+        "loader": loader or _loader(),
         "digits": _labels("0,1,2,3,4,5,6,7,8,9"),
         "null": _labels("-1"),
         "latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": batch_size}},
@@ -55,6 +56,18 @@ def _colour_switch_inputs(batch_size):
     """The colour-conditional model, red (s0) and green (s1) labels, the null label as negative, a pixel latent."""
     return {"loader": _loader(COLOUR), "red": _labels("0"), "green": _labels("1"), "null": _labels("-1"),
             "latent": {"class_type": "FairEmptyLatent", "inputs": {"model": ["loader", 0], "batch_size": batch_size}}}
+
+
+def _audited(attribute, target, prefix):
+    """Decode the sampler's batch, save it, and audit ``attribute`` against ``target`` with the shipped classifier (chart saved)."""
+    return {
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 1]}},
+        "classifier": {"class_type": "FairAttributeClassifierLoader", "inputs": {"classifier_name": "eval_classifier.safetensors", "path": ""}},
+        "audit": {"class_type": "FairnessAudit", "inputs": {
+            "images": ["decode", 0], "classifier": ["classifier", 0], "attribute": attribute, "target": target, "n_boot": 1000}},
+        "save_audit": {"class_type": "SaveImage", "inputs": {"images": ["audit", 2], "filename_prefix": f"fair_sampling/{prefix}_audit"}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": f"fair_sampling/{prefix}"}},
+    }
 
 
 _CONDS = {"positive_s0": ["red", 0], "positive_s1": ["green", 0], "negative": ["null", 0]}
@@ -147,17 +160,18 @@ GRAPHS = {
         **_unconditional_batch(["guide", 0], 64),
         **_decode_and_save(["sampler", 0], ["loader", 1], "fair_sampling/adp_trainer"),
     }),
+    "tiw_score_loader": ("TIW Score Loader: the default model fine-tuned by TIW-DSM with a 5 % balanced reference set, its "
+                         "training facts and a colour audit of 32 digits", {
+        **_digits_with_ksampler(32, {"class_type": "TIWScoreLoader", "inputs": {"ckpt_name": TIW, "path": "", "weight_dtype": "default"}}),
+        "facts": {"class_type": "PreviewAny", "inputs": {"source": ["loader", 2]}},
+        **_audited("colour", "0.5,0.5", "tiw_score_loader"),
+    }),
     "constrained_checkpoint": ("Constrained Checkpoint: the dual-trained grey MNIST model (4, 5, 7 kept at 10 %), its constraint "
                                "report and a digit audit of 64 samples", {
         "loader": {"class_type": "ConstrainedCheckpoint", "inputs": {"ckpt_name": DUAL, "path": "", "weight_dtype": "default"}},
         **_unconditional_batch(["loader", 0], 64),
         "report": {"class_type": "PreviewAny", "inputs": {"source": ["loader", 2]}},
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["loader", 1]}},
-        "classifier": {"class_type": "FairAttributeClassifierLoader", "inputs": {"classifier_name": "eval_classifier.safetensors", "path": ""}},
-        "audit": {"class_type": "FairnessAudit", "inputs": {
-            "images": ["decode", 0], "classifier": ["classifier", 0], "attribute": "digit", "target": "", "n_boot": 1000}},
-        "save_audit": {"class_type": "SaveImage", "inputs": {"images": ["audit", 2], "filename_prefix": "fair_sampling/constrained_audit"}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "fair_sampling/constrained_checkpoint"}},
+        **_audited("digit", "", "constrained_checkpoint"),
     }),
 }
 

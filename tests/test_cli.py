@@ -74,7 +74,7 @@ def test_eval_rejects_bad_target(tiny, capsys):
 
 
 
-SHIPPED = {"colored_mnist_dsm": "dsm", "colour_cond_dsm": "dsm", "colored_mnist_adp": "adp", "mnist457_dual": "dual",
+SHIPPED = {"colored_mnist_dsm": "dsm", "colored_mnist_tiw": "tiw", "colour_cond_dsm": "dsm", "colored_mnist_adp": "adp", "mnist457_dual": "dual",
            "eval_classifier": "classifier"}  # each is in the README's table of shipped models
 
 
@@ -95,6 +95,9 @@ def test_demo_shows_the_bias_of_the_default(tmp_path, capsys):
     assert (tmp_path / "grid.png").stat().st_size > 1000 and (tmp_path / "colour_distribution.png").stat().st_size > 1000
     red = float(out.split("red ")[1].split(" ")[0])
     assert red >= 0.7, f"the default model was trained on 90:10 red:green data and should show it; got red {red}"
+    tiw = next(line for line in out.splitlines() if line.startswith("TIW-DSM (5% balanced reference set)"))
+    green = float(out.split("green ")[1].split(",")[0])
+    assert float(tiw.split("green ")[1].split(",")[0]) > green, f"TIW-DSM should draw more green than the default (green {green}): {tiw}"
     switched = next(line for line in out.splitlines() if line.startswith("attribute switching (tau "))
     assert "BER of the starting colour" in switched
     assert float(switched.split("FD to 50:50 = ")[1].split(",")[0]) <= 0.2, switched  # half the batch starts red, half green

@@ -41,6 +41,7 @@ def test_tiny_run_exports_a_tiw_model_and_its_discriminator(tiny_run):
     assert t["command"].startswith("python -m training tiw")
     facts = describe_tiw_training(t)
     assert "reference fraction: 0.05 (D_ref 2380 images" in facts and "colour ratio 0.9" in facts and "trained in the run, 4 steps" in facts
+    assert t["init"] is None and "started from scratch" in facts
     disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
     assert isinstance(disc.model, TimeDependentDiscriminator) and disc.config.prior_ref == 0.5 and disc.config.channels == 3
     x = torch.zeros(2, 3, 28, 28)
@@ -49,18 +50,21 @@ def test_tiny_run_exports_a_tiw_model_and_its_discriminator(tiny_run):
     assert logs[-1]["step"] == 3 and logs[-1]["mean_w_bias"] > 0
 
 
-def test_given_discriminator_is_used_and_resume_continues(tiny_run, tmp_path):
-    _, run = tiny_run
-    disc_path = run / "discriminator.safetensors"
-    args = [*TINY, "--steps", "2", "--save-every", "1", "--outdir", str(tmp_path), "--discriminator", str(disc_path), "--loss-mode", "iw"]
+def test_given_discriminator_is_used_init_is_recorded_and_resume_continues(tiny_run, tmp_path):
+    out, run = tiny_run
+    disc_path, init = run / "discriminator.safetensors", str(out / "tiw.safetensors")
+    args = [*TINY, "--steps", "2", "--save-every", "1", "--outdir", str(tmp_path), "--discriminator", str(disc_path), "--loss-mode", "iw",
+            "--init", init]
     main(args)
     (run2,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert not (run2 / "discriminator.safetensors").exists()
     first = checkpoints.read_metadata(run2 / "export.safetensors")["training"]
     assert first["discriminator"]["path"] == str(disc_path) and not first["discriminator"]["trained_in_run"]
-    assert first["loss_mode"] == "iw"
+    assert first["loss_mode"] == "iw" and first["init"] == init and f"started from {init}" in describe_tiw_training(first)
+    assert first["resumed_with"] == [] and "resumed with" not in describe_tiw_training(first)
     main(["tiw", "--resume", str(run2), "--steps", "4"])
-    assert checkpoints.read_metadata(run2 / "export.safetensors")["training"]["steps"] == 4
+    resumed = checkpoints.read_metadata(run2 / "export.safetensors")["training"]
+    assert resumed["steps"] == 4 and f"resumed with: python -m training tiw --resume {run2} --steps 4" in describe_tiw_training(resumed)
 
 
 @pytest.mark.parametrize("extra, match", [

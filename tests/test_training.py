@@ -54,7 +54,8 @@ def test_resume_continues_exactly(tmp_path):
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.allclose(sa[k], sb[k], atol=1e-6), k
-    assert checkpoints.load(b / "export.safetensors").training["steps"] == 4
+    record = checkpoints.load(b / "export.safetensors").training
+    assert record["steps"] == 4 and record["resumed_with"] == [f"python -m training dsm --resume {b} --steps 4"]
     assert "resumed_with" in json.loads((b / "training_options.json").read_text())
 
 

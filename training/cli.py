@@ -110,5 +110,10 @@ def start_run(args: argparse.Namespace, command: str, opts: dict, desc: str) -> 
 
 
 def recorded_command_line(run_dir: Path) -> str:
-    """The command that started the run (resumes are listed in training_options.json under resumed_with)."""
+    """The command that started the run (resumes: ``recorded_resumes``)."""
     return json.loads((run_dir / "training_options.json").read_text())["command_line"]
+
+
+def recorded_resumes(run_dir: Path) -> list[str]:
+    """The commands that resumed the run, in order (``resumed_with`` in training_options.json); [] if none."""
+    return json.loads((run_dir / "training_options.json").read_text()).get("resumed_with", [])

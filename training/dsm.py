@@ -56,7 +56,8 @@ def new_model(opts: dict, channels: int, run_dir: Path, device):
 def training_record(opts: dict, run_dir: Path, step: int) -> dict:
     """The ``training`` metadata of an export: the command, the data, the steps and the seed."""
     return {"command": cli.recorded_command_line(run_dir), "data": dataclasses.asdict(cli.data_config(opts)), "steps": step,
-            "seed": opts["seed"], "batch": opts["batch"], "run": run_dir.name, "init": opts.get("init")}
+            "seed": opts["seed"], "batch": opts["batch"], "run": run_dir.name, "init": opts.get("init"),
+            "resumed_with": cli.recorded_resumes(run_dir)}
 
 
 def export(run_dir: Path, model, kind: str, cfg, training: dict, extra_path: str | None) -> Path:

@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prediction", default="v_prediction", choices=["epsilon", "v_prediction"], help="network target")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
+    cli.add_init(p, "e.g. a model trained on D_bias, for TIW-DSM as debiasing fine-tuning")
     p.add_argument("--loss-mode", default="tiw", choices=LOSS_MODES,
                    help="tiw (paper) | weight / correction (ablations) | iw (time-independent weights w(x0)) | none (plain DSM)")
     g = p.add_argument_group("discriminator")

@@ -15,10 +15,9 @@ import make_workflows  # noqa: E402
 import run_workflow  # noqa: E402
 
 NO_WORKFLOW_NODES = {"FairPromptEmbeddingBias"}  # needs CLIP weights, none offline: its graph is in docs/NODES.md
-NO_WORKFLOW_NODES |= {"TIWScoreLoader"}  # no tiw checkpoint ships yet (issue 4): no example workflow can load one
 PACK_NODES = {"FairCheckpointLoader", "FairClassLabel", "FairEmptyLatent", "FairAttributeClassifierLoader", "FairnessAudit",
               "AttributeSwitchSampler", "AttributeSwitchGuider", "TransitionPointSearch", "FairADPLoader",
-              "FairDistributionGuidance", "FairADPTrainer", "ConstrainedCheckpoint"}
+              "FairDistributionGuidance", "FairADPTrainer", "ConstrainedCheckpoint", "TIWScoreLoader"}
 API_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.api.json"))
 
 
@@ -38,8 +37,10 @@ def test_every_pack_node_is_registered_with_tooltips(server):
                 assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
         assert all(node["output_tooltips"]), f"{name} has an output without a tooltip"
     assert info["FairCheckpointLoader"]["input"]["required"]["ckpt_name"][1]["options"] == [
-        "colored_mnist_dsm.safetensors", "colour_cond_dsm.safetensors", "mnist457_dual.safetensors"]  # every diffusion kind
+        "colored_mnist_dsm.safetensors", "colored_mnist_tiw.safetensors", "colour_cond_dsm.safetensors",
+        "mnist457_dual.safetensors"]  # every diffusion kind
     assert info["ConstrainedCheckpoint"]["input"]["required"]["ckpt_name"][1]["options"] == ["mnist457_dual.safetensors"]
+    assert info["TIWScoreLoader"]["input"]["required"]["ckpt_name"][1]["options"] == ["colored_mnist_tiw.safetensors"]
     assert info["FairAttributeClassifierLoader"]["input"]["required"]["classifier_name"][1]["options"] == ["eval_classifier.safetensors", "face_gender"]
 
 
@@ -51,6 +52,16 @@ def test_fairness_audit_reports_the_bias_in_the_ui_and_as_json(server, tmp_path)
     audit_id = next(k for k, n in graph.items() if n["class_type"] == "FairnessAudit")
     text = entry["outputs"][audit_id]["text"][0]
     assert text.startswith("colour (n = 32): red ") and "FD " in text and "TV " in text
+
+
+def test_tiw_workflow_reports_the_training_facts_and_the_colour_balance(server):
+    graph = json.loads((REPO / "example_workflows" / "tiw_score_loader.api.json").read_text())
+    entry = run_workflow.wait(server["address"], run_workflow.queue(server["address"], graph, "test"), timeout=300)
+    facts_id = next(k for k, n in graph.items() if n["class_type"] == "PreviewAny")
+    audit_id = next(k for k, n in graph.items() if n["class_type"] == "FairnessAudit")
+    facts, audit = entry["outputs"][facts_id]["text"][0], entry["outputs"][audit_id]["text"][0]
+    assert "reference fraction: 0.05" in facts and "colour ratio 0.9" in facts and "started from models/colored_mnist_dsm" in facts
+    assert audit.startswith("colour (n = 32): red ")
 
 
 def test_example_workflows_cover_every_node_and_are_current(server, tmp_path):

@@ -1,0 +1,62 @@
+"""What the bench scripts share: writing a JSON report, and running a plan of training commands."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_json(result, path: str | os.PathLike | None, indent: int = 2, echo: bool = True) -> None:
+    """Print ``result`` as JSON (unless ``echo`` is False) and, if ``path`` is given, write it there (temp file, then rename)."""
+    text = json.dumps(result, indent=indent)
+    if echo:
+        print(text, flush=True)
+    if path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(path)
+
+
+def run_plan(cmds: dict[str, list[str]], threads: int, existing: str = "skip") -> None:
+    """Run ``cmds`` in order from the repository root; a command whose last argument (its ``--export``) exists is
+    skipped unless ``existing == "retrain"``. A command given as a callable is called first to build its arguments
+    (for arguments that only exist once an earlier command has run)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+    for name, cmd in cmds.items():
+        cmd = cmd() if callable(cmd) else cmd
+        export = Path(cmd[-1]) if cmd[-1].endswith(".safetensors") and "--export" in cmd else None
+        if export is not None and export.exists() and existing == "skip":
+            print(f"{name}: {export} exists, skipped (--existing retrain retrains)", flush=True)
+            continue
+        t0 = time.monotonic()
+        print(" ".join(cmd), flush=True)
+        subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, env=env, check=True)
+        print(f"{name}: {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def add_run_options(s, out: str, smoke: str) -> None:
+    """The options every ``plan`` / ``run`` subcommand of a training bench has."""
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--n", type=int, default=1000, help="samples per model in the evaluation")
+    s.add_argument("--out", default=out)
+    s.add_argument("--scale", default="full", choices=["full", "smoke"], help=f"smoke: {smoke} (pipeline check)")
+    s.add_argument("--existing", default="skip", choices=["skip", "retrain"], help="what to do when an export already exists")
+
+
+def add_eval_parser(sub, chart: str):
+    """The ``eval MODEL...`` subcommand of a training bench: ``n`` samples per model, a JSON report and a chart of ``chart``."""
+    e = sub.add_parser("eval")
+    e.add_argument("models", nargs="+")
+    e.add_argument("--n", type=int, default=1000)
+    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", default=None)
+    e.add_argument("--png", default=None, help=f"also chart {chart} with 95 % intervals here")
+    return e

@@ -1,0 +1,185 @@
+"""The Colored-MNIST experiment of issue 4 (TIW-DSM, Kim et al. 2024): a 90:10 red:green biased set D_bias and a
+balanced 50:50 reference set D_ref of 5 % (or 10 %, 25 %) of its size. Per fraction four models:
+
+- ``dsm``: plain DSM on D_bias (what the bias gives);
+- ``ref``: plain DSM on D_ref only (fair, but few images);
+- ``iw``: importance weighting only, the time-independent ``w(x0)`` of the same discriminator, no score correction;
+- ``tiw``: TIW-DSM (``python -m training tiw``, the paper's loss), which also trains the discriminator.
+
+    python bench/bench_tiw_colored_mnist.py plan                  # the exact commands and time estimates
+    python bench/bench_tiw_colored_mnist.py run                   # train (skips an export that exists), then eval
+    python bench/bench_tiw_colored_mnist.py eval A.safetensors B.safetensors --n 1000 --json out.json --png out.png
+    python bench/bench_tiw_colored_mnist.py report out.json --png out.png   # table and chart of a saved eval again
+    python bench/bench_tiw_colored_mnist.py run --mode scratch --scale smoke   # tiny models, a few steps: pipeline check
+
+Two modes (``--mode``):
+
+- ``finetune`` (default): all four start from ``--init`` (the shipped ``colored_mnist_dsm``: 3600 DSM steps on the
+  90:10 data) with a fresh Adam and warm-up, and train ``--steps`` (1200) more on their own data and loss. ``dsm`` is
+  then the matched control: same start, same steps, only the loss and data differ. This is the form that fits this
+  project's 2-core CPU (about 35 min per model at ``--threads 1``, two at a time).
+- ``scratch``: the paper's form, every model from scratch for ``--steps`` (3600 like the shipped default): about
+  4.3 h per fraction on this CPU, well under an hour for the whole experiment on one GPU.
+
+Evaluation: ``n`` samples per model (uniform digit labels, dpmpp_2m, 20 steps) classified by the shipped evaluation
+classifier: colour proportions with 95 % bootstrap intervals, FD to 50:50, and quality = the classifier-feature
+Frechet distance to the real Colored-MNIST test set (*not* Inception FID). Targets (issue 4): TIW-DSM at 5 %
+reference with FD <= 0.05, quality no more than 10 % worse than ``dsm`` and better than ``ref``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from _bench import add_eval_parser, add_run_options, run_plan, write_json  # noqa: E402
+from fair_core import checkpoints, evaluation, plots  # noqa: E402
+
+METHODS = {"dsm": "DSM on D_bias", "ref": "DSM on D_ref only", "iw": "IW only (w(x0))", "tiw": "TIW-DSM"}
+S_PER_STEP = {"dsm": 1.0, "ref": 1.0, "iw": 1.05, "tiw": 1.15}  # mnist-s, batch 64, 2 threads (bench/RESULTS.md)
+DEFAULT_INIT = "models/colored_mnist_dsm.safetensors"
+
+
+def export_path(a, method: str, fraction: float) -> Path:
+    form = "ft" if a.mode == "finetune" else "scratch"
+    model = "tiny_" if a.scale == "smoke" else ""
+    return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}.safetensors"
+
+
+def discriminator_of(tiw_export: Path) -> str:
+    """The discriminator the TIW run trained, as its export records it (so IW uses the very same one)."""
+    return checkpoints.read_metadata(tiw_export)["training"]["discriminator"]["path"]
+
+
+def commands(a) -> dict:
+    """``name -> argv`` (or a callable giving it, for IW, whose discriminator exists only after the TIW run)."""
+    smoke = a.scale == "smoke"
+    steps = 3 if smoke else (a.steps or (1200 if a.mode == "finetune" else 3600))
+    common = ["--model", "tiny" if smoke else "mnist-s", "--lr", str(a.lr), "--threads", str(a.threads), "--save-every", "200",
+              "--outdir", str(Path(a.out) / "runs"), "--colour-ratio", "0.9", "--steps", str(steps)]
+    common += ["--batch", "8"] if smoke else []
+    if a.mode == "finetune":
+        if smoke:
+            raise SystemExit("--scale smoke needs --mode scratch (the shipped init is an mnist-s model)")
+        common += ["--init", a.init]
+    cmds: dict = {}
+    for f in a.fractions:
+        data = ["--reference-fraction", str(f)]
+        out = {m: str(export_path(a, m, f)) for m in METHODS}
+        cmds[f"dsm {f}"] = ["python", "-m", "training", "dsm", *common, *data, "--part", "biased", "--export", out["dsm"]]
+        cmds[f"ref {f}"] = ["python", "-m", "training", "dsm", *common, *data, "--part", "reference", "--export", out["ref"]]
+        disc = ["--disc-model", "tiny" if smoke else "small", "--disc-steps", str(3 if smoke else a.disc_steps)]
+        cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, "--export", out["tiw"]]
+        cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw",
+                                                       "--discriminator", discriminator_of(Path(out["tiw"])), "--export", out["iw"]])
+    return cmds
+
+
+def plan(a) -> None:
+    steps = a.steps or (1200 if a.mode == "finetune" else 3600)
+    for name, cmd in commands(a).items():
+        method = name.split()[0]
+        print(f"# {name}: about {S_PER_STEP[method] * steps / 60:.0f} min on this CPU at --threads 2")
+        if callable(cmd):
+            tiw = export_path(a, "tiw", float(name.split()[1]))
+            print(f"# (--discriminator: the one the tiw run trained, recorded in {tiw}'s metadata)")
+            cmd = ["<as tiw, plus>", "--loss-mode", "iw", "--discriminator", f"<training.discriminator.path of {tiw}>"]
+        print(" ".join(cmd))
+    exports = [str(export_path(a, m, f)) for f in a.fractions for m in METHODS]
+    print(f"# eval: about {len(exports) * a.n / 8.5 / 60:.0f} min\npython bench/bench_tiw_colored_mnist.py eval {' '.join(exports)} "
+          f"--n {a.n} --json {Path(a.out) / 'tiw_colored_mnist.json'} --png {Path(a.out) / 'tiw_colored_mnist.png'}")
+
+
+def run(a) -> None:
+    run_plan(commands(a), a.threads, a.existing)
+    exports = [str(export_path(a, m, f)) for f in a.fractions for m in METHODS]
+    evaluate_all(exports, 16 if a.scale == "smoke" else a.n, 20, 0, Path(a.out) / "tiw_colored_mnist.json",
+                 Path(a.out) / "tiw_colored_mnist.png")
+
+
+@torch.no_grad()
+def evaluate_model(path: str, clf, n: int, steps: int, seed: int) -> dict:
+    ckpt = checkpoints.load(path)
+    report, _ = evaluation.evaluate(ckpt.model, clf, n, steps, seed=seed, disable=True)
+    t = ckpt.training
+    method = {"dsm": "ref" if t["data"]["part"] == "reference" else "dsm", "tiw": t.get("loss_mode", "tiw")}[ckpt.kind]
+    return {"path": path, "kind": ckpt.kind, "method": method, "reference_fraction": t["data"]["reference_fraction"],
+            "init": t.get("init"), "train_steps": t["steps"], **report}
+
+
+def evaluate_all(paths: list[str], n: int, steps: int, seed: int, json_path, png_path) -> list[dict]:
+    clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier").model
+    results = [evaluate_model(p, clf, n, steps, seed) for p in paths]
+    write_json(results, json_path)
+    report(results, png_path)
+    return results
+
+
+def label(r: dict) -> str:
+    return f"{METHODS.get(r['method'], r['method'])} ({100 * r['reference_fraction']:g} %, {r['train_steps']} steps)"
+
+
+def report(results: list[dict], png_path=None) -> None:
+    """The Markdown table of bench/RESULTS.md and, with ``png_path``, the chart of the colour proportions."""
+    print(table(results))
+    if png_path:
+        names = [label(r) for r in results]
+        chart = plots.distribution_chart(
+            {k: np.array(r["colour"]["proportions"]) for k, r in zip(names, results)}, np.full(2, 0.5), evaluation.CLASS_NAMES["colour"],
+            f"Colour of generated digits (n = {results[0]['n']} each; data 90:10 red:green)",
+            {k: f"FD {r['colour']['fd']:.3f}, quality {r['quality']['classifier_feature_fd']:.1f}" for k, r in zip(names, results)},
+            {k: (np.array(r["colour"]["proportions_low"]), np.array(r["colour"]["proportions_high"])) for k, r in zip(names, results)})
+        print(f"wrote {plots.save_chart(png_path, chart)}")
+
+
+def table(results: list[dict]) -> str:
+    """The Markdown table of bench/RESULTS.md."""
+    rows = ["| reference | method | steps | red | green (95 % interval) | FD to 50:50 | quality (classifier-feature FD) |",
+            "|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["colour"]
+        rows.append(f"| {100 * r['reference_fraction']:g} % | {METHODS.get(r['method'], r['method'])} | {r['train_steps']} | {c['proportions'][0]:.3f} | "
+                    f"{c['proportions'][1]:.3f} ({c['proportions_low'][1]:.3f}-{c['proportions_high'][1]:.3f}) | {c['fd']:.3f} | "
+                    f"{r['quality']['classifier_feature_fd']:.1f} |")
+    return "\n".join(rows)
+
+
+def eval_cmd(a) -> None:
+    evaluate_all(a.models, a.n, a.steps, a.seed, a.json, a.png)
+
+
+def report_cmd(a) -> None:
+    report(json.loads(Path(a.json).read_text()), a.png)
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("plan", "run"):
+        s = sub.add_parser(name)
+        s.add_argument("--mode", default="finetune", choices=["finetune", "scratch"], help="see the module docstring")
+        s.add_argument("--init", default=DEFAULT_INIT, help="finetune: the biased model every run starts from")
+        s.add_argument("--steps", type=int, default=None, help="training steps per model (default: 1200 finetune, 3600 scratch)")
+        s.add_argument("--fractions", type=float, nargs="+", default=[0.05], help="reference set sizes / biased set size")
+        s.add_argument("--lr", type=float, default=4e-4)
+        s.add_argument("--disc-steps", type=int, default=2000)
+        add_run_options(s, "bench/out/tiw_ft", "tiny models, 3 steps, 16 samples")
+    add_eval_parser(sub, "the colour proportions")
+    r = sub.add_parser("report", help="the table (and chart) of a saved eval JSON again")
+    r.add_argument("json")
+    r.add_argument("--png", default=None)
+    a = p.parse_args()
+    {"plan": plan, "run": run, "eval": eval_cmd, "report": report_cmd}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
