@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fair_core.checkpoints import atomic_write  # noqa: E402
 
 
 def write_json(result, path: str | os.PathLike | None, indent: int = 2, echo: bool = True) -> None:
@@ -17,11 +20,7 @@ def write_json(result, path: str | os.PathLike | None, indent: int = 2, echo: bo
     if echo:
         print(text, flush=True)
     if path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def run_plan(cmds: dict[str, list[str]], threads: int, existing: str = "skip") -> None:

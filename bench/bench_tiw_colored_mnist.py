@@ -59,10 +59,14 @@ def discriminator_of(tiw_export: Path) -> str:
     return checkpoints.read_metadata(tiw_export)["training"]["discriminator"]["path"]
 
 
+def train_steps(a) -> int:
+    return a.steps or (1200 if a.mode == "finetune" else 3600)
+
+
 def commands(a) -> dict:
     """``name -> argv`` (or a callable giving it, for IW, whose discriminator exists only after the TIW run)."""
     smoke = a.scale == "smoke"
-    steps = 3 if smoke else (a.steps or (1200 if a.mode == "finetune" else 3600))
+    steps = 3 if smoke else train_steps(a)
     common = ["--model", "tiny" if smoke else "mnist-s", "--lr", str(a.lr), "--threads", str(a.threads), "--save-every", "200",
               "--outdir", str(Path(a.out) / "runs"), "--colour-ratio", "0.9", "--steps", str(steps)]
     common += ["--batch", "8"] if smoke else []
@@ -84,7 +88,7 @@ def commands(a) -> dict:
 
 
 def plan(a) -> None:
-    steps = a.steps or (1200 if a.mode == "finetune" else 3600)
+    steps = train_steps(a)
     for name, cmd in commands(a).items():
         method = name.split()[0]
         print(f"# {name}: about {S_PER_STEP[method] * steps / 60:.0f} min on this CPU at --threads 2")
