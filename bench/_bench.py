@@ -11,6 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from fair_core.checkpoints import atomic_write  # noqa: E402
 
 
@@ -47,6 +49,7 @@ def add_run_options(s, out: str, smoke: str) -> None:
     s.add_argument("--out", default=out)
     s.add_argument("--scale", default="full", choices=["full", "smoke"], help=f"smoke: {smoke} (pipeline check)")
     s.add_argument("--existing", default="skip", choices=["skip", "retrain"], help="what to do when an export already exists")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N, for the training runs and the evaluation")
 
 
 def add_eval_parser(sub, chart: str):
@@ -58,4 +61,22 @@ def add_eval_parser(sub, chart: str):
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", default=None)
     e.add_argument("--png", default=None, help=f"also chart {chart} with 95 % intervals here")
+    e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     return e
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that wall-clock timings cover the work itself."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe_device(device, threads: int | None = None) -> str:
+    """The device a bench ran on, in words, for its JSON report."""
+    import platform
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)}, torch {torch.__version__})"
+    return f"cpu ({platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} threads, torch {torch.__version__})"

@@ -5,9 +5,10 @@ minority-digit constraint sets (4, 5, 7 at 10 % of grey MNIST; ``--dual-batch`` 
 10), once with no constraint set, which is exactly a DSM step (same loss, clipping and Adam step as ``training/dsm.py``).
 Two identically initialised mnist-s models are stepped alternately, one step each, so a load change on a shared CPU
 hits both; the first ``--skip`` pairs are warm-up. Both see the same data, so steps per epoch are equal and the
-per-step ratio is the per-epoch ratio.
+per-step ratio is the per-epoch ratio. On a GPU the queue is drained (``torch.cuda.synchronize``) before each clock
+reading; batches are drawn on the CPU and moved over, lambdas and bounds stay on the CPU, as in ``training/dual.py``.
 
-    python bench/bench_dual.py --steps 30 --json bench/out/dual_speed.json
+    python bench/bench_dual.py --steps 30 --json bench/out/dual_speed.json [--device cuda]
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _bench import write_json  # noqa: E402
+from _bench import describe_device, synchronize, write_json  # noqa: E402
 
 from fair_core import constrained as C  # noqa: E402
 from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
@@ -40,9 +41,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed step pairs")
     p.add_argument("--skip", type=int, default=3, help="warm-up pairs not timed")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
     data_cfg = DataConfig(dataset="mnist", minority_classes=(4, 5, 7), minority_keep=0.1)
     data = load(data_cfg)
     sets = dual.parse_constraints("minority", data_cfg.minority_classes)
@@ -54,27 +57,32 @@ def main() -> None:
     base = DiscreteVPDenoiser(build_unet(cfg), cfg)
     runs = {}
     for name, c in (("dsm", []), ("dual", cons)):
-        model = copy.deepcopy(base).train()
+        model = copy.deepcopy(base).to(device).train()
         opt = torch.optim.Adam(model.parameters(), lr=opts["lr"])
+        # lambdas, bounds and the tracker live on the CPU, as in training.dual.main; the step moves them to the losses
         state = {"lambdas": torch.zeros(len(c)), "tracker": C.ConstraintTracker.new(len(c))}
         bounds = torch.full((len(c),), 0.05)
         names = [dual.set_name(s) for s in sets[: len(c)]]
-        runs[name] = dual.make_step_fn(opts, model, opt, data, c, names, "none", state, bounds, None, "cpu")
+        runs[name] = dual.make_step_fn(opts, model, opt, data, c, names, "none", state, bounds, None, device)
     times = {"dsm": [], "dual": []}
     t0 = time.monotonic()
     for step in range(a.skip + a.steps):
         for name, fn in runs.items():
+            synchronize(device)
             t = time.perf_counter()
             fn(step)
+            synchronize(device)
             if step >= a.skip:
                 times[name].append(time.perf_counter() - t)
+    synchronize(device)
+    wall = time.monotonic() - t0
     ratios = [d / s for s, d in zip(times["dsm"], times["dual"])]
-    result = {"model": a.model, "batch": a.batch, "dual_batch": a.dual_batch, "constraint_sets": len(cons), "threads": a.threads,
-              "pairs": a.steps, "dsm_median_s": round(statistics.median(times["dsm"]), 4),
+    result = {"device": describe_device(device, a.threads), "model": a.model, "batch": a.batch, "dual_batch": a.dual_batch,
+              "constraint_sets": len(cons), "threads": a.threads, "pairs": a.steps, "dsm_median_s": round(statistics.median(times["dsm"]), 4),
               "dual_median_s": round(statistics.median(times["dual"]), 4),
               "ratio_of_medians": round(statistics.median(times["dual"]) / statistics.median(times["dsm"]), 3),
               "median_pair_ratio": round(statistics.median(ratios), 3),
-              "expected_ratio_from_images": (a.batch + len(cons) * a.dual_batch) / a.batch, "wall_s": round(time.monotonic() - t0, 1)}
+              "expected_ratio_from_images": (a.batch + len(cons) * a.dual_batch) / a.batch, "wall_s": round(wall, 1)}
     write_json(result, a.json)
 
 

@@ -2,19 +2,19 @@
 
     python bench/bench_guidance.py --adp models/colored_mnist_adp.safetensors [--n 256] [--batches 16,64,256]
         [--attribute colour|digit] [--labels uniform|none] [--targets uniform 0.2,0.8] [--scale 300] [--end-percent 1]
-        [--json bench/out/guidance.json]
+        [--json bench/out/guidance.json] [--device cpu|cuda|cuda:N]
 
 For each target and guidance batch size: colour proportions of ``--n`` images (uniform digit labels, seed 0) by the
 evaluation classifier, FD and TV to the target, classifier-feature FD (quality; not FID) against the same figure
 for unguided sampling of the same noise. Speed: guided vs unguided sampling of one batch (same model, steps,
-batch), timed alternately in this run (median of ``--repeats``). The ADP's per-step held-out accuracy is read from
-its checkpoint metadata (recorded by ``python -m training adp``).
+batch), timed alternately in this run (median of ``--repeats``; on a GPU the queue is drained before each clock
+reading). The models run on ``--device``; the images come back to the CPU, where the proportions and FDs are computed.
+The ADP's per-step held-out accuracy is read from its checkpoint metadata (recorded by ``python -m training adp``).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _bench import write_json  # noqa: E402
+from _bench import describe_device, synchronize, write_json  # noqa: E402
 
 from fair_core import checkpoints, evaluation, guidance  # noqa: E402
 from fair_core.sampling import generate  # noqa: E402
@@ -37,8 +37,10 @@ def guided_model(model, adp, reference: str, scale: float, args) -> guidance.Dis
 
 
 def sample(model, n: int, batch: int, args) -> torch.Tensor:
+    """``n`` images (on the CPU) sampled on ``args.device`` in batches of ``batch``."""
     labels = evaluation.uniform_labels(model, n) if args.labels == "uniform" else None
-    return generate(model, n, args.steps, class_labels=labels, seed=args.seed, batch_size=batch, disable=True)
+    labels = None if labels is None else labels.to(args.device)
+    return generate(model, n, args.steps, class_labels=labels, seed=args.seed, batch_size=batch, device=args.device, disable=True)
 
 
 def measure(clf, images, target, attribute) -> dict:
@@ -54,8 +56,10 @@ def speed(model, guided, batch: int, args) -> dict:
         sample(m, batch, batch, args)
     for _ in range(args.repeats):
         for name, m in (("unguided", model), ("guided", guided)):
+            synchronize(args.device)
             t0 = time.perf_counter()
             sample(m, batch, batch, args)
+            synchronize(args.device)
             times[name].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     return {"batch": batch, "steps": args.steps, "unguided_s": round(med["unguided"], 3), "guided_s": round(med["guided"], 3),
@@ -80,16 +84,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (0: skip the speed measurement)")
     p.add_argument("--speed-batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = checkpoints.load(evaluation.MODELS_DIR / "colored_mnist_dsm.safetensors", kind="dsm").model
-    clf = checkpoints.load(evaluation.MODELS_DIR / "eval_classifier.safetensors", kind="classifier").model
-    adp_ckpt = checkpoints.load(args.adp, kind="adp")
+    device = torch.device(args.device)  # sample() and speed() pass args.device, the same device by name
+    model = checkpoints.load(evaluation.MODELS_DIR / "colored_mnist_dsm.safetensors", kind="dsm", device=device).model
+    clf = checkpoints.load(evaluation.MODELS_DIR / "eval_classifier.safetensors", kind="classifier", device=device).model
+    adp_ckpt = checkpoints.load(args.adp, kind="adp", device=device)
     adp = adp_ckpt.model
     batches = [int(b) for b in args.batches.split(",")]
-    report = {"device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
+    report = {"device": describe_device(device), "torch": torch.__version__,
               "command": "python " + " ".join(sys.argv), "settings": {k: v for k, v in vars(args).items() if k != "json"},
               "adp": {"path": str(args.adp), "timesteps": [round(t) for t in adp.cfg.timesteps],
                       "heldout_accuracy": adp_ckpt.training.get("heldout_accuracy"), "holdout": adp_ckpt.training.get("holdout"),
@@ -109,6 +115,7 @@ def main() -> None:
             print(json.dumps(row), file=sys.stderr, flush=True)
     if args.repeats:
         report["speed"] = speed(model, guided_model(model, adp, "uniform", args.scale, args), args.speed_batch, args)
+    synchronize(device)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(report, args.json)
 

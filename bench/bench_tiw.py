@@ -4,9 +4,12 @@ Both steps are the real ones: DSM = ``DiscreteVPDenoiser.loss`` as in ``training
 (one batched discriminator forward + input-gradient on the biased rows, the UNet through the Denoiser, the weighted
 corrected loss), each followed by backward, gradient clipping and an Adam step. The two are timed in alternating
 blocks so that load from other processes hits both alike; the median block time per step is reported, as wall time
-and as this process's CPU time (with one thread the CPU-time ratio is the compute ratio, whatever else runs).
+and, on the CPU, as this process's CPU time (with one thread the CPU-time ratio is the compute ratio, whatever else
+runs; on a GPU the CPU time says nothing about the work, so it is reported as null). On a GPU the queue is drained
+(``torch.cuda.synchronize``) before each clock reading. The TIW step draws its noise on the CPU and copies it over,
+as ``training/tiw.py`` does; the DSM step draws on the device, as ``training/dsm.py`` does.
 
-    OMP_NUM_THREADS=1 python bench/bench_tiw.py --model mnist-s --batch 64 --steps 36 --threads 1
+    OMP_NUM_THREADS=1 python bench/bench_tiw.py --model mnist-s --batch 64 --steps 36 --threads 1 [--device cuda]
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _bench import write_json  # noqa: E402
+from _bench import describe_device, synchronize, write_json  # noqa: E402
 from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator  # noqa: E402
 from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
 from fair_core.models import build_unet, named_config  # noqa: E402
@@ -37,22 +40,25 @@ def main():
     p.add_argument("--block", type=int, default=4)
     p.add_argument("--reference-share", type=float, default=0.05 / 1.05, help="share of reference rows in a batch (no discriminator)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--out", default="bench/out/tiw_speed.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = dataclasses.replace(named_config("unet", args.model), prediction_type="v_prediction")
-    model = DiscreteVPDenoiser(build_unet(cfg), cfg)
-    disc = TimeDependentDiscriminator(DiscriminatorConfig(widths=DISC_WIDTHS[args.disc_model])).eval().requires_grad_(False)
+    model = DiscreteVPDenoiser(build_unet(cfg), cfg).to(device)
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(widths=DISC_WIDTHS[args.disc_model])).to(device).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(args.batch, 3, 28, 28, generator=g) * 2 - 1
-    labels = torch.randint(0, 10, (args.batch,), generator=g)
-    is_bias = torch.rand(args.batch, generator=g) >= args.reference_share
+    g = torch.Generator().manual_seed(0)  # CPU: the batch here, the TIW step's noise in tiw_loss (drawn on the CPU, then moved)
+    g_dev = torch.Generator(device=device).manual_seed(1)  # the DSM step's noise: DiscreteVPDenoiser.loss draws on x0's device
+    x0 = (torch.rand(args.batch, 3, 28, 28, generator=g) * 2 - 1).to(device)
+    labels = torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    is_bias = (torch.rand(args.batch, generator=g) >= args.reference_share).to(device)
 
     def step(kind):
         if kind == "dsm":
-            loss = model.loss(x0, labels, generator=g).mean()
+            loss = model.loss(x0, labels, generator=g_dev).mean()
         else:
             loss = tiw_loss(model, disc, "tiw", x0, labels, is_bias, g)[0].mean()
         opt.zero_grad(set_to_none=True)
@@ -63,23 +69,33 @@ def main():
     for kind in ("dsm", "tiw"):  # warm-up
         step(kind)
     times = {"dsm": [], "tiw": []}
-    cpu = {"dsm": [], "tiw": []}  # process CPU time: robust to other processes sharing the cores
+    cpu = {"dsm": [], "tiw": []}  # process CPU time: robust to other processes sharing the cores (CPU runs only)
     for _ in range(max(args.steps // args.block, 1)):
         for kind in ("dsm", "tiw"):
+            synchronize(device)
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.block):
                 step(kind)
+            synchronize(device)
             times[kind].append((time.perf_counter() - t0) / args.block)
             cpu[kind].append((time.process_time() - c0) / args.block)
     dsm, tiw = statistics.median(times["dsm"]), statistics.median(times["tiw"])
-    dsm_cpu, tiw_cpu = statistics.median(cpu["dsm"]), statistics.median(cpu["tiw"])
     disc_params = sum(q.numel() for q in disc.parameters())
-    result = {"command": "python " + " ".join(sys.argv), "model": args.model, "batch": args.batch, "threads": args.threads,
+    result = {"command": "python " + " ".join(sys.argv), "device": describe_device(device, args.threads), "model": args.model,
+              "batch": args.batch, "threads": args.threads,
               "discriminator": f"{args.disc_model} {DISC_WIDTHS[args.disc_model]} ({disc_params} parameters)",
               "dsm_s_per_step": round(dsm, 4), "tiw_s_per_step": round(tiw, 4), "ratio": round(tiw / dsm, 3),
-              "dsm_cpu_s_per_step": round(dsm_cpu, 4), "tiw_cpu_s_per_step": round(tiw_cpu, 4), "cpu_ratio": round(tiw_cpu / dsm_cpu, 3),
-              "blocks": {k: [round(v, 4) for v in vs] for k, vs in times.items()}}
+              **cpu_time_fields(cpu, device), "blocks": {k: [round(v, 4) for v in vs] for k, vs in times.items()}}
     write_json(result, args.out)
+
+
+def cpu_time_fields(cpu: dict, device: torch.device) -> dict:
+    """Median process CPU time per step and its ratio; null on a GPU, where the CPU only queues the work."""
+    if device.type != "cpu":
+        return {"dsm_cpu_s_per_step": None, "tiw_cpu_s_per_step": None, "cpu_ratio": None,
+                "cpu_time_note": f"not measured on {device.type}: process CPU time does not cover the device's work"}
+    dsm_cpu, tiw_cpu = statistics.median(cpu["dsm"]), statistics.median(cpu["tiw"])
+    return {"dsm_cpu_s_per_step": round(dsm_cpu, 4), "tiw_cpu_s_per_step": round(tiw_cpu, 4), "cpu_ratio": round(tiw_cpu / dsm_cpu, 3)}
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def commands(a) -> dict:
     steps = 3 if smoke else train_steps(a)
     common = ["--model", "tiny" if smoke else "mnist-s", "--lr", str(a.lr), "--threads", str(a.threads), "--save-every", "200",
               "--outdir", str(Path(a.out) / "runs"), "--colour-ratio", "0.9", "--steps", str(steps)]
-    common += ["--batch", "8"] if smoke else []
+    common += (["--batch", "8"] if smoke else []) + (["--device", a.device] if a.device != "cpu" else [])
     if a.mode == "finetune":
         if smoke:
             raise SystemExit("--scale smoke needs --mode scratch (the shipped init is an mnist-s model)")
@@ -80,11 +80,12 @@ def commands(a) -> dict:
         out = {m: str(export_path(a, m, f)) for m in METHODS}
         cmds[f"dsm {f}"] = ["python", "-m", "training", "dsm", *common, *data, "--part", "biased", "--export", out["dsm"]]
         cmds[f"ref {f}"] = ["python", "-m", "training", "dsm", *common, *data, "--part", "reference", "--export", out["ref"]]
-        disc = ["--disc-model", "tiny" if smoke else "small", "--disc-steps", str(3 if smoke else a.disc_steps)]
+        disc = ["--disc-model", "tiny" if smoke else a.disc_model, "--disc-steps", str(3 if smoke else a.disc_steps),
+                "--disc-schedule", a.disc_schedule] + (["--disc-batch", str(a.disc_batch)] if a.disc_batch else [])
         cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, "--export", out["tiw"]]
         cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw",
                                                        "--discriminator", discriminator_of(Path(out["tiw"])), "--export", out["iw"]])
-    return cmds
+    return {name: cmd for name, cmd in cmds.items() if name.split()[0] in a.methods}
 
 
 def plan(a) -> None:
@@ -97,31 +98,32 @@ def plan(a) -> None:
             print(f"# (--discriminator: the one the tiw run trained, recorded in {tiw}'s metadata)")
             cmd = ["<as tiw, plus>", "--loss-mode", "iw", "--discriminator", f"<training.discriminator.path of {tiw}>"]
         print(" ".join(cmd))
-    exports = [str(export_path(a, m, f)) for f in a.fractions for m in METHODS]
+    exports = [str(export_path(a, m, f)) for f in a.fractions for m in a.methods]
     print(f"# eval: about {len(exports) * a.n / 8.5 / 60:.0f} min\npython bench/bench_tiw_colored_mnist.py eval {' '.join(exports)} "
-          f"--n {a.n} --json {Path(a.out) / 'tiw_colored_mnist.json'} --png {Path(a.out) / 'tiw_colored_mnist.png'}")
+          f"--n {a.n} --json {Path(a.out) / 'tiw_colored_mnist.json'} --png {Path(a.out) / 'tiw_colored_mnist.png'}"
+          + (f" --device {a.device}" if a.device != "cpu" else ""))
 
 
 def run(a) -> None:
     run_plan(commands(a), a.threads, a.existing)
-    exports = [str(export_path(a, m, f)) for f in a.fractions for m in METHODS]
+    exports = [str(export_path(a, m, f)) for f in a.fractions for m in a.methods]
     evaluate_all(exports, 16 if a.scale == "smoke" else a.n, 20, 0, Path(a.out) / "tiw_colored_mnist.json",
-                 Path(a.out) / "tiw_colored_mnist.png")
+                 Path(a.out) / "tiw_colored_mnist.png", a.device)
 
 
 @torch.no_grad()
-def evaluate_model(path: str, clf, n: int, steps: int, seed: int) -> dict:
-    ckpt = checkpoints.load(path)
-    report, _ = evaluation.evaluate(ckpt.model, clf, n, steps, seed=seed, disable=True)
+def evaluate_model(path: str, clf, n: int, steps: int, seed: int, device="cpu") -> dict:
+    ckpt = checkpoints.load(path, device=device)
+    report, _ = evaluation.evaluate(ckpt.model, clf, n, steps, seed=seed, device=device, disable=True)
     t = ckpt.training
     method = {"dsm": "ref" if t["data"]["part"] == "reference" else "dsm", "tiw": t.get("loss_mode", "tiw")}[ckpt.kind]
     return {"path": path, "kind": ckpt.kind, "method": method, "reference_fraction": t["data"]["reference_fraction"],
             "init": t.get("init"), "train_steps": t["steps"], **report}
 
 
-def evaluate_all(paths: list[str], n: int, steps: int, seed: int, json_path, png_path) -> list[dict]:
-    clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier").model
-    results = [evaluate_model(p, clf, n, steps, seed) for p in paths]
+def evaluate_all(paths: list[str], n: int, steps: int, seed: int, json_path, png_path, device="cpu") -> list[dict]:
+    clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier", device=device).model
+    results = [evaluate_model(p, clf, n, steps, seed, device) for p in paths]
     write_json(results, json_path)
     report(results, png_path)
     return results
@@ -157,7 +159,7 @@ def table(results: list[dict]) -> str:
 
 
 def eval_cmd(a) -> None:
-    evaluate_all(a.models, a.n, a.steps, a.seed, a.json, a.png)
+    evaluate_all(a.models, a.n, a.steps, a.seed, a.json, a.png, a.device)
 
 
 def report_cmd(a) -> None:
@@ -176,6 +178,11 @@ def main() -> None:
         s.add_argument("--fractions", type=float, nargs="+", default=[0.05], help="reference set sizes / biased set size")
         s.add_argument("--lr", type=float, default=4e-4)
         s.add_argument("--disc-steps", type=int, default=2000)
+        s.add_argument("--disc-batch", type=int, default=None, help="discriminator batch (default: the training batch, 64)")
+        s.add_argument("--disc-model", default="small", choices=["small", "medium"])
+        s.add_argument("--disc-schedule", default="constant", choices=["constant", "cosine"])
+        s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                       help="which of the four models to train and evaluate (iw needs the tiw run's discriminator)")
         add_run_options(s, "bench/out/tiw_ft", "tiny models, 3 steps, 16 samples")
     add_eval_parser(sub, "the colour proportions")
     r = sub.add_parser("report", help="the table (and chart) of a saved eval JSON again")

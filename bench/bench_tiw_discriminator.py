@@ -17,13 +17,13 @@ exact. On biased test images (90:10) noised to each sigma it reports the median 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _bench import write_json  # noqa: E402
 from fair_core import checkpoints  # noqa: E402
 from fair_core.density_ratio import log_ratio_and_grad, ratio  # noqa: E402
 from training.data import DataConfig, load  # noqa: E402
@@ -37,9 +37,12 @@ def main():
     p.add_argument("discriminator")
     p.add_argument("--n", type=int, default=500, help="test images per colour")
     p.add_argument("--against", nargs=2, metavar=("BIASED", "REFERENCE"), help="diffusion models to compare the correction with")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args()
     torch.set_num_threads(1)
-    disc = checkpoints.load(args.discriminator, kind="discriminator").model
+    device = torch.device(args.device)
+    disc = checkpoints.load(args.discriminator, kind="discriminator", device=device).model
     test = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.5))
     g = torch.Generator().manual_seed(0)
     out = {"discriminator": args.discriminator, "expected_clean": {"red": round(0.5 / 0.9, 3), "green": 5.0}, "median_w": {}}
@@ -48,29 +51,30 @@ def main():
         x0 = test.images(idx)
         out["median_w"][colour] = {}
         for s in SIGMAS:
-            x = x0 + s * torch.randn(x0.shape, generator=g)
+            x = (x0 + s * torch.randn(x0.shape, generator=g)).to(device)
             with torch.no_grad():
-                w = ratio(disc, x, torch.full((len(x),), s))
+                w = ratio(disc, x, torch.full((len(x),), s, device=device))
             out["median_w"][colour][s] = round(float(w.median()), 3)
     if args.against:
-        out["correction_vs_model_difference"] = compare_gradient(disc, *args.against, args.n)
-    print(json.dumps(out, indent=2))
+        out["correction_vs_model_difference"] = compare_gradient(disc, *args.against, args.n, device)
+    write_json(out, args.json)
 
 
 @torch.no_grad()
-def compare_gradient(disc, biased: str, reference: str, n: int) -> dict:
-    d_bias, d_ref = (checkpoints.load(p).model for p in (biased, reference))
+def compare_gradient(disc, biased: str, reference: str, n: int, device=torch.device("cpu")) -> dict:
+    d_bias, d_ref = (checkpoints.load(p, device=device).model for p in (biased, reference))
     test = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.9))
     idx = torch.arange(min(n, len(test)))
-    x0, labels = test.images(idx), test.labels(d_bias.cfg.condition, idx) if d_bias.cfg.conditional else None
+    x0 = test.images(idx).to(device)
+    labels = test.labels(d_bias.cfg.condition, idx).to(device) if d_bias.cfg.conditional else None
     g, out = torch.Generator().manual_seed(1), {"biased": biased, "reference": reference, "n": len(idx)}
 
     def green_minus_red(v):
         return float((v[:, 1] - v[:, 0]).mean())
 
     for s in GRADIENT_SIGMAS:
-        sigma = torch.full((len(x0),), s)
-        x = x0 + s * torch.randn(x0.shape, generator=g)
+        sigma = torch.full((len(x0),), s, device=device)
+        x = x0 + s * torch.randn(x0.shape, generator=g).to(device)
         delta = d_ref(x, sigma, class_labels=labels) - d_bias(x, sigma, class_labels=labels)
         correction = s**2 * log_ratio_and_grad(disc, x, sigma)[1]
         cos = torch.nn.functional.cosine_similarity(correction.flatten(1), delta.flatten(1), dim=1)

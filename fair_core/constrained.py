@@ -119,11 +119,17 @@ def component_weights(data_weights, constraint_components: Sequence[int], lambda
     return w / (1 + lam.sum())
 
 
-def default_bounds(reference_losses, margin: float) -> torch.Tensor:
-    """``b_i = (1 + margin) * L(theta_ref; q_i)`` (see the module docstring for the choice of reference and sign of margin)."""
+def default_bounds(reference_losses, margin) -> torch.Tensor:
+    """``b_i = (1 + margin_i) * L(theta_ref; q_i)``; ``margin``: one number for every set or one per set (see the
+    module docstring for the choice of reference and sign of margin)."""
     ref = _vector("reference_losses", reference_losses)
-    check_range("margin", margin, -1.0, low_open=True)
-    return check_bounds(ref * (1 + margin))
+    margins = torch.as_tensor(margin, dtype=ref.dtype).expand_as(ref) if not isinstance(margin, (list, tuple)) else \
+        _vector("margin", margin)
+    if margins.shape != ref.shape:
+        raise FairSamplingError(f"margin needs one value or one per set ({ref.numel()}), got {margins.numel()}")
+    for m in margins.tolist():
+        check_range("margin", m, -1.0, low_open=True)
+    return check_bounds(ref * (1 + margins))
 
 
 @dataclass

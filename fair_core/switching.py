@@ -166,13 +166,12 @@ class SwitchDenoiser(nn.Module):
     sigma_max = property(lambda self: self.model.sigma_max)
 
     def forward(self, x, sigma, class_labels=None, class_labels_after=None):
-        before = sigma > self.sigma_switch
-        if bool(before.all()):
-            return self.guided(x, sigma, class_labels=class_labels)
-        if not bool(before.any()):
-            return self.guided(x, sigma, class_labels=class_labels_after)
-        mixed = torch.where(before, class_labels, class_labels_after)  # samples at different noise levels
-        return self.guided(x, sigma, class_labels=mixed)
+        # One elementwise select, whatever the noise levels of the batch: no host-device sync in the sampling loop
+        # (testing the mask with bool() would wait for the GPU at every step).
+        sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
+        labels = torch.where(sigma > self.sigma_switch, torch.as_tensor(class_labels, device=x.device),
+                             torch.as_tensor(class_labels_after, device=x.device))
+        return self.guided(x, sigma, class_labels=labels)
 
 
 def switch_labels(direction: str, s0: int, s1: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,6 +67,9 @@ def test_the_lagrangian_optimum_is_the_lambda_mixture():
 def test_bounds_and_default_rule():
     assert torch.allclose(C.default_bounds([1.0, 2.0], 0.1), torch.tensor([1.1, 2.2]))
     assert torch.allclose(C.default_bounds([1.0], -0.05), torch.tensor([0.95]))
+    assert torch.allclose(C.default_bounds([1.0, 2.0], [-0.05, 0.1]), torch.tensor([0.95, 2.2]))  # one margin per set
+    with pytest.raises(FairSamplingError, match=r"margin needs one value or one per set \(2\), got 3"):
+        C.default_bounds([1.0, 2.0], [0.1, 0.1, 0.1])
     with pytest.raises(FairSamplingError, match=r"margin must be in \(-1.0, inf\]"):
         C.default_bounds([1.0], -1.0)
     with pytest.raises(FairSamplingError, match="bounds must be >= 0"):

@@ -156,3 +156,21 @@ def test_identical_conditions_warn_of_a_flat_curve(caplog):
     with caplog.at_level(logging.WARNING, logger="fair_core.switching"):
         found = switching.search_tau(model, noise(4), sampling.get_sigmas(model, 10, "karras"), 1, 1, disable=True)
     assert "flat" in caplog.text and float(found.objective.abs().max()) == 0.0
+
+
+def test_switch_denoiser_conditions_each_sample_by_its_own_noise_level():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        cfg = sigmas = sigma_min = sigma_max = None
+
+        def forward(self, x, sigma, class_labels=None):
+            seen.append(class_labels.tolist())
+            return x
+
+    d = switching.SwitchDenoiser(Recorder(), sigma_switch=1.0)
+    x, before, after = torch.zeros(3, 1, 2, 2), torch.tensor([0, 0, 0]), torch.tensor([1, 1, 1])
+    d(x, torch.tensor(5.0), class_labels=before, class_labels_after=after)  # all above the switch: s0
+    d(x, torch.tensor([5.0, 1.0, 0.5]), class_labels=before, class_labels_after=after)  # sigma == switch is after
+    d(x, torch.tensor(0.2), class_labels=before, class_labels_after=after)
+    assert seen == [[0, 0, 0], [0, 1, 1], [1, 1, 1]]

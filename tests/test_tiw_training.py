@@ -50,6 +50,17 @@ def test_tiny_run_exports_a_tiw_model_and_its_discriminator(tiny_run):
     assert logs[-1]["step"] == 3 and logs[-1]["mean_w_bias"] > 0
 
 
+def test_discriminator_batch_and_schedule_are_their_own_and_recorded(tmp_path):
+    main([*TINY, "--steps", "1", "--disc-steps", "2", "--disc-batch", "6", "--disc-schedule", "cosine", "--disc-model", "medium",
+          "--outdir", str(tmp_path)])
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
+    assert disc.training["batch"] == 6 and disc.training["lr_schedule"] == "cosine" and disc.config.widths == (64, 128, 128)
+    with pytest.raises(SystemExit):
+        main([*TINY, "--disc-batch", "1", "--outdir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_given_discriminator_is_used_init_is_recorded_and_resume_continues(tiny_run, tmp_path):
     out, run = tiny_run
     disc_path, init = run / "discriminator.safetensors", str(out / "tiw.safetensors")

@@ -60,6 +60,9 @@ def test_dry_run_validates_and_writes_nothing(tmp_path, capsys):
     (["--bounds", "0.1", "--constraints", "12"], "--constraints must be 'minority' or comma-separated sets"),
     (["--bounds", "0.1", "--constraints", "minority", "--minority-classes", ""], "--constraints minority needs --minority-classes"),
     (["--bounds", "0.1,0.1,0.1", "--alpha", "0", "--relaxation", "resilient"], r"--alpha must be in \(0.0, inf\]"),
+    (["--bounds", "0.1,0.1,0.1", "--bound-margin=-0.05,-0.1"], r"--bound-margin needs one value or one per constraint set \(3\), got 2"),
+    (["--bounds", "0.1,0.1,0.1", "--bound-margin=-0.05,-1,0"], r"--bound-margin must be in \(-1.0, inf\], got -1.0"),
+    (["--bounds", "0.1,0.1,0.1", "--bound-margin", "small"], "--bound-margin must be a number or comma-separated numbers"),
 ])
 def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -67,6 +70,12 @@ def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, args, message):
     assert e.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not tmp_path.exists() or not any(tmp_path.iterdir()), "bad options are refused before a run folder is made"
+
+
+def test_margins_one_for_all_sets_or_one_per_set():
+    assert dual.parse_margins("-0.05", 3) == [-0.05] * 3
+    assert dual.parse_margins(-0.05, 2) == [-0.05] * 2  # a float from an older options file
+    assert dual.parse_margins("-0.05,0,-0.1", 3) == [-0.05, 0.0, -0.1]
 
 
 def test_empty_constraint_set_is_an_error():

@@ -73,8 +73,9 @@ def add_parser(sub) -> None:
     cli.add_init(g, "e.g. the unconstrained model, for dual training as constrained fine-tuning")
     g.add_argument("--bounds", default="auto", help="'auto' (needs --bound-reference) or comma-separated b_i, one per set")
     g.add_argument("--bound-reference", default=None, help="checkpoint whose loss on each set sets the auto bounds")
-    g.add_argument("--bound-margin", type=float, default=-0.05,
-                   help="auto bound b_i = (1 + margin) L(ref; q_i); < 0 for an unconstrained reference, > 0 for a specialist")
+    g.add_argument("--bound-margin", default="-0.05",
+                   help="auto bound b_i = (1 + margin_i) L(ref; q_i): one margin for every set, or comma-separated, one per "
+                        "set; < 0 for an unconstrained reference, > 0 for a specialist")
     g.add_argument("--bound-eval", type=int, default=512, help="images per set (fixed noise) to measure reference and final losses")
     g.add_argument("--relaxation", default="none", choices=RELAXATIONS, help="resilient: relax b_i by u_i = lambda_i / alpha")
     g.add_argument("--alpha", type=float, default=10.0, help="cost (alpha/2) u^2 of the resilient relaxation")
@@ -105,6 +106,19 @@ def parse_constraints(text: str, minority: tuple[int, ...]) -> list[tuple[tuple[
     return sets
 
 
+def parse_margins(text, m: int) -> list[float]:
+    """``--bound-margin``: one margin (for every set) or one per set, each > -1 (a float from an older options file too)."""
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError as e:
+        raise FairSamplingError(f"--bound-margin must be a number or comma-separated numbers, got {text!r}") from e
+    if len(values) not in (1, m):
+        raise FairSamplingError(f"--bound-margin needs one value or one per constraint set ({m}), got {len(values)}: {text!r}")
+    for v in values:
+        check_range("--bound-margin", v, -1.0, low_open=True)
+    return values * m if len(values) == 1 else values
+
+
 def parse_bounds(text: str, m: int) -> torch.Tensor | None:
     """None for 'auto', else one non-negative bound per constraint set."""
     if text.strip() == "auto":
@@ -127,7 +141,7 @@ def check_options(opts: dict) -> list[tuple[int, ...]]:
     check_range("--dual-every", opts["dual_every"], 1, integer=True)
     check_range("--dual-start", opts["dual_start"], 0, integer=True)
     check_range("--bound-eval", opts["bound_eval"], 1, integer=True)
-    check_range("--bound-margin", opts["bound_margin"], -1.0, low_open=True)
+    parse_margins(opts["bound_margin"], len(sets))
     check_range("--alpha", opts["alpha"], 0.0, low_open=True)
     if parse_bounds(opts["bounds"], len(sets)) is None and not opts["bound_reference"]:
         raise FairSamplingError("--bounds auto needs --bound-reference CHECKPOINT (e.g. the unconstrained dsm model on the "
@@ -275,7 +289,7 @@ def resolve_bounds(opts: dict, cons: list[ImageSet], condition: str, device) -> 
         raise FairSamplingError(f"--bound-reference {opts['bound_reference']!r} has condition={ref.cfg.condition!r}, this run {condition!r}")
     reference = [set_loss(ref, c, condition, opts["bound_eval"], 12345 + i, device) for i, c in enumerate(cons)]
     log.info("reference losses %s", reference)
-    return C.default_bounds(reference, opts["bound_margin"])
+    return C.default_bounds(reference, parse_margins(opts["bound_margin"], len(cons)))
 
 
 def final_record(model, cons, names, sets, bounds, lambdas, alpha, opts, condition, device) -> dict:

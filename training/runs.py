@@ -42,6 +42,8 @@ def pick_device(name: str) -> torch.device:
         raise FairSamplingError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FairSamplingError(f"--device {name!r} asked for CUDA but torch sees no CUDA device; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FairSamplingError(f"--device {name!r}: torch sees only {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -52,11 +54,16 @@ def step_generator(seed: int, step: int, device) -> torch.Generator:
 
 
 def new_run_dir(outdir: Path, desc: str) -> Path:
+    """``outdir/NNNNN-desc`` with the next free number; runs started at the same moment each get their own folder."""
     outdir.mkdir(parents=True, exist_ok=True)
-    ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"^(\d{5})-", p.name))]
-    run = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
-    run.mkdir()
-    return run
+    while True:
+        ids = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"^(\d{5})-", p.name))]
+        run = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:  # another run took this number between the listing and the mkdir
+            continue
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -122,7 +129,9 @@ def load_state(path: Path, model, ema, opt, device) -> tuple[int, dict[str, torc
     opt_state: dict[int, dict] = {}
     for k, v in part("opt.").items():
         i, name = k.split(".", 1)
-        opt_state.setdefault(int(i), {})[name] = v
+        # Adam keeps ``step`` on the CPU (unless capturable/fused, which load_state_dict handles): a CUDA step would
+        # cost a device sync per parameter in every optimizer step.
+        opt_state.setdefault(int(i), {})[name] = v.cpu() if name == "step" else v
     opt.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
     return int(meta["step"]), part("extra.")
 

@@ -36,7 +36,8 @@ from .runs import Loop, adam_ema_resume, load_state, pick_device, step_generator
 
 log = logging.getLogger(__name__)
 
-DISC_WIDTHS = {"tiny": (8, 16), "small": (32, 64, 64)}
+DISC_WIDTHS = {"tiny": (8, 16), "small": (32, 64, 64), "medium": (64, 128, 128)}
+DISC_SCHEDULES = ("constant", "cosine")
 LOSS_MODES = ("tiw", "weight", "correction", "iw", "none")
 
 
@@ -56,6 +57,11 @@ def add_parser(sub) -> None:
     g.add_argument("--disc-model", default="small", choices=list(DISC_WIDTHS), help="discriminator CNN widths")
     g.add_argument("--disc-steps", type=int, default=2000, help="discriminator optimisation steps")
     g.add_argument("--disc-lr", type=float, default=1e-3, help="discriminator Adam learning rate")
+    g.add_argument("--disc-schedule", default="constant", choices=DISC_SCHEDULES,
+                   help="discriminator learning rate: constant, or cosine decay to 0 over --disc-steps (a finer fit at the end)")
+    g.add_argument("--disc-batch", type=int, default=None,
+                   help="discriminator batch, half reference and half biased (default: --batch); the ratio at high noise "
+                        "is close to 1 and its gradient needs many samples")
     g.add_argument("--clip", type=float, default=1e-5, help="d is clipped to [clip, 1 - clip] (official code: 1e-5)")
     cli.add_data(p, colour_ratio=0.9)
     p.set_defaults(reference_fraction=0.05)
@@ -69,6 +75,8 @@ def check_options(opts: dict) -> None:
         raise FairSamplingError(f"--part must be 'biased' for tiw (it loads both parts itself), got {opts['part']!r}")
     check_range("--disc-steps", opts["disc_steps"], 1, integer=True)
     check_range("--disc-lr", opts["disc_lr"], 0.0, low_open=True)
+    if opts.get("disc_batch") is not None:
+        check_range("--disc-batch", opts["disc_batch"], 2, integer=True)
     if opts["discriminator"] is None:
         DiscriminatorConfig(clip=opts["clip"])  # raises on a bad --clip before any work
     else:  # a wrong file fails here, before a run folder is made
@@ -113,11 +121,15 @@ def train_discriminator(opts, run_dir: Path, bias, ref, schedule: DiscreteVPDeno
     if (stage_dir / "state.safetensors").exists():
         start, _ = load_state(stage_dir / "state.safetensors", disc, None, opt, device)
         log.info("discriminator resumed at step %d", start)
-    half = max(opts["batch"] // 2, 1)
+    half = max((opts.get("disc_batch") or opts["batch"]) // 2, 1)
     sigmas = schedule.sigmas.cpu()
+    cosine = opts.get("disc_schedule", "constant") == "cosine"
 
     def step_fn(step: int) -> dict[str, float]:
         g = step_generator(opts["seed"] + 7, step, "cpu")
+        if cosine:
+            for group in opt.param_groups:
+                group["lr"] = opts["disc_lr"] * 0.5 * (1 + math.cos(math.pi * step / opts["disc_steps"]))
         ib, ir = torch.randint(len(bias), (half,), generator=g), torch.randint(len(ref), (half,), generator=g)
         sigma = sigmas[draw_t(schedule, half, g)]
         s = sigma.view(-1, 1, 1, 1)
@@ -131,7 +143,8 @@ def train_discriminator(opts, run_dir: Path, bias, ref, schedule: DiscreteVPDeno
 
     step = Loop(stage_dir, disc, opt, None, steps=opts["disc_steps"], save_every=opts["save_every"]).run(step_fn, start, "discriminator")
     record = {"command": cli.recorded_command_line(run_dir), "data": dataclasses.asdict(cli.data_config(opts)), "steps": step,
-              "seed": opts["seed"], "batch": 2 * half, "run": run_dir.name, "labels": "reference = 1, biased = 0, balanced batches"}
+              "seed": opts["seed"], "batch": 2 * half, "lr": opts["disc_lr"],
+              "lr_schedule": opts.get("disc_schedule", "constant"), "run": run_dir.name, "labels": "reference = 1, biased = 0, balanced batches"}
     checkpoints.save(run_dir / "discriminator.safetensors", disc, "discriminator", cfg, record)
     return disc.eval().requires_grad_(False)
 
