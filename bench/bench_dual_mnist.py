@@ -15,6 +15,7 @@ Two modes (``--mode``):
     python bench/bench_dual_mnist.py eval A.safetensors B.safetensors --n 1000 --json bench/out/dual_mnist.json
     python bench/bench_dual_mnist.py run --scale smoke       # tiny models, a few steps: checks the pipeline only
     python bench/bench_dual_mnist.py classifier-check        # how well the eval classifier reads grey MNIST
+    python bench/bench_dual_mnist.py bound-check             # seed-to-seed spread of the auto bounds' reference losses
 
 Evaluation: ``n`` unconditional samples per model (dpmpp_2m, 20 steps); each grey sample is drawn as a red digit
 (``features.recolour_red``; the shipped evaluation classifier was trained on red/green Colored-MNIST and classifies
@@ -142,6 +143,30 @@ def classifier_check(a) -> None:
         print(json.dumps({"mapping": name, "accuracy": round(float((pred == digits).mean()), 4), "per_digit": per}))
 
 
+@torch.no_grad()
+def bound_check(a) -> None:
+    """How much the auto bound's reference loss ``L(dsm; q_i)`` moves with the seed: ``training.dual.set_loss``
+    (stratified timesteps) against plain uniform timesteps, ``--eval`` images per set, seeds 0-4."""
+    import statistics
+
+    from training import dual
+    from training.data import DataConfig, load
+
+    cfg = DataConfig(dataset="mnist", minority_classes=MINORITY, minority_keep=0.1)
+    cons = dual.constraint_sets(dual.parse_constraints("minority", MINORITY), "train", load(cfg), cfg)
+    model = checkpoints.load(a.model).model
+
+    def uniform(c, seed):
+        g, idx = torch.Generator().manual_seed(seed), torch.arange(a.eval) % len(c)
+        return sum(model.loss(c.images(ch), None, generator=g).sum().item() for ch in idx.split(256)) / a.eval
+
+    for digit, c in zip(MINORITY, cons):
+        rows = {"stratified": [dual.set_loss(model, c, "none", a.eval, s, "cpu") for s in range(5)],
+                "uniform": [uniform(c, s) for s in range(5)]}
+        print(json.dumps({"digit": digit, "images": a.eval, **{k: {"losses": [round(v, 4) for v in r],
+                          "sd_over_mean": round(statistics.stdev(r) / statistics.mean(r), 4)} for k, r in rows.items()}}))
+
+
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,9 +189,12 @@ def main() -> None:
         s.add_argument("--alpha", type=float, default=100.0)
         add_run_options(s, "bench/out", "tiny models, 4 steps, 16 samples")
     sub.add_parser("classifier-check")
+    b = sub.add_parser("bound-check", help="seed-to-seed spread of the auto bound's reference loss")
+    b.add_argument("--model", default="bench/out/mnist457_mnist-s_dsm.safetensors")
+    b.add_argument("--eval", type=int, default=512, help="images per set (the trainer's --bound-eval)")
     add_eval_parser(sub, "the per-digit frequencies")
     a = p.parse_args()
-    {"plan": plan, "run": run, "eval": eval_cmd, "classifier-check": classifier_check}[a.cmd](a)
+    {"plan": plan, "run": run, "eval": eval_cmd, "classifier-check": classifier_check, "bound-check": bound_check}[a.cmd](a)
 
 
 if __name__ == "__main__":

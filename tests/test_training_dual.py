@@ -78,6 +78,26 @@ def test_margins_one_for_all_sets_or_one_per_set():
     assert dual.parse_margins("-0.05,0,-0.1", 3) == [-0.05, 0.0, -0.1]
 
 
+def test_set_loss_stratifies_timesteps_and_draws_on_the_cpu():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        cfg = type("cfg", (), {"num_train_timesteps": 1000})
+
+        def loss(self, x0, class_labels=None, t=None, noise=None, generator=None):
+            seen.append((t.clone(), noise.clone()))
+            return torch.zeros(x0.shape[0])
+
+    images = ImageSet(torch.zeros(5, 28, 28), torch.arange(5), torch.zeros(5, dtype=torch.long), 1)
+    assert dual.set_loss(Recorder(), images, "none", 8, 0, "cpu") == 0.0
+    (t, noise), = seen
+    assert sorted((t // 125).tolist()) == list(range(8)), "one timestep in each eighth of [0, T)"
+    dual.set_loss(Recorder(), images, "none", 8, 0, "cpu")
+    assert torch.equal(seen[1][0], t) and torch.equal(seen[1][1], noise), "fixed by the seed"
+    dual.set_loss(Recorder(), images, "none", 8, 1, "cpu")
+    assert not torch.equal(seen[2][1], noise) and sorted((seen[2][0] // 125).tolist()) == list(range(8))
+
+
 def test_empty_constraint_set_is_an_error():
     data = ImageSet(torch.rand(6, 28, 28), torch.tensor([0, 1, 2, 3, 4, 4]), torch.zeros(6, dtype=torch.long), 1)
     with pytest.raises(FairSamplingError, match=r"constraint set digit7 is empty: no such image in the 'biased' source"):
