@@ -191,7 +191,7 @@ def main() -> None:
     sub.add_parser("classifier-check")
     b = sub.add_parser("bound-check", help="seed-to-seed spread of the auto bound's reference loss")
     b.add_argument("--model", default="bench/out/mnist457_mnist-s_dsm.safetensors")
-    b.add_argument("--eval", type=int, default=512, help="images per set (the trainer's --bound-eval)")
+    b.add_argument("--eval", type=int, default=2048, help="images per set (the trainer's --bound-eval)")
     add_eval_parser(sub, "the per-digit frequencies")
     a = p.parse_args()
     {"plan": plan, "run": run, "eval": eval_cmd, "classifier-check": classifier_check, "bound-check": bound_check}[a.cmd](a)
