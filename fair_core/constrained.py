@@ -123,10 +123,10 @@ def default_bounds(reference_losses, margin) -> torch.Tensor:
     """``b_i = (1 + margin_i) * L(theta_ref; q_i)``; ``margin``: one number for every set or one per set (see the
     module docstring for the choice of reference and sign of margin)."""
     ref = _vector("reference_losses", reference_losses)
-    margins = torch.as_tensor(margin, dtype=ref.dtype).expand_as(ref) if not isinstance(margin, (list, tuple)) else \
-        _vector("margin", margin)
-    if margins.shape != ref.shape:
+    margins = torch.as_tensor(margin, dtype=ref.dtype).reshape(-1)
+    if margins.numel() not in (1, ref.numel()):
         raise FairSamplingError(f"margin needs one value or one per set ({ref.numel()}), got {margins.numel()}")
+    margins = margins.expand_as(ref)
     for m in margins.tolist():
         check_range("margin", m, -1.0, low_open=True)
     return check_bounds(ref * (1 + margins))
