@@ -99,32 +99,47 @@ class ADP(nn.Module):
         self.register_buffer("t_sorted", torch.tensor([float(cfg.timesteps[k]) for k in order]), persistent=False)
         self.register_buffer("k_sorted", torch.tensor(order, dtype=torch.long), persistent=False)
 
-    def bucket_weights(self, t: float, head_selection: str = "nearest") -> list[tuple[int, float]]:
-        """[(head index, weight)] for timestep ``t``: the nearest ``t_k``, or the two neighbours linearly in ``t``."""
+    def bucket_weights(self, t: torch.Tensor, head_selection: str = "nearest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sample, heads ``lo``, ``hi`` (indices into ``cfg.timesteps``) and weight ``w`` of ``hi`` for timesteps ``t`` (N,).
+
+        ``nearest``: the closest ``t_k`` (``w`` 0 or 1, ties to the lower ``t_k``); ``linear``: the two neighbours,
+        linearly in ``t``; beyond the first or last ``t_k`` that head alone. Computed on ``t``'s device with no host
+        read, so a guided step never waits for the GPU.
+        """
         check_choice("head_selection", head_selection, HEAD_SELECTION)
-        ts = self.t_sorted.tolist()
-        if head_selection == "nearest" or t <= ts[0] or t >= ts[-1]:
-            j = min(range(len(ts)), key=lambda i: abs(ts[i] - t))
-            return [(int(self.k_sorted[j]), 1.0)]
-        hi = next(i for i, v in enumerate(ts) if v >= t)
-        w = (t - ts[hi - 1]) / (ts[hi] - ts[hi - 1])
-        return [(int(self.k_sorted[hi - 1]), 1.0 - w), (int(self.k_sorted[hi]), w)]
+        ts, t = self.t_sorted, t.to(self.t_sorted.device, torch.float32)
+        if len(ts) == 1:
+            zero = torch.zeros_like(t, dtype=torch.long)
+            return self.k_sorted[zero], self.k_sorted[zero], torch.zeros_like(t)
+        hi = torch.searchsorted(ts, t).clamp(1, len(ts) - 1)
+        w = ((t - ts[hi - 1]) / (ts[hi] - ts[hi - 1])).clamp(0.0, 1.0)
+        if head_selection == "nearest":
+            w = (w > 0.5).to(w.dtype)
+        return self.k_sorted[hi - 1], self.k_sorted[hi], w
 
     def head_logits(self, h: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
         """Logits of bucket ``k``'s heads for h (N, C, H, W)."""
         flat = h.flatten(1)
         return {a: heads[k](flat.to(heads[k].weight.dtype)) for a, heads in self.heads.items()}
 
-    def forward(self, h: torch.Tensor, t: torch.Tensor, head_selection: str = "nearest") -> dict[str, torch.Tensor]:
+    def forward(self, h: torch.Tensor, t: torch.Tensor, head_selection: str = "nearest",
+                attributes=None) -> dict[str, torch.Tensor]:
+        """Logits of each attribute (or of those named in ``attributes``) for h (N, C, H, W) at timesteps ``t`` (N,)
+        or one scalar; each sample uses its own bucket(s). All heads of an attribute run as one matmul and each
+        sample picks its columns: no per-bucket loop and no host-device synchronisation."""
         if tuple(h.shape[1:]) != tuple(self.cfg.h_shape):
             check_compatible(self.cfg, h_shape=h.shape[1:])
-        t = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(h.shape[0]).cpu()
-        out = {a: h.new_zeros((h.shape[0], len(c)), dtype=self.heads[a][0].weight.dtype) for a, c in self.cfg.attributes.items()}
-        for tv in t.unique().tolist():  # samples of one call normally share t: one pass
-            rows = (t == tv).nonzero().squeeze(1).to(h.device)
-            for k, w in self.bucket_weights(tv, head_selection):
-                for a, logits in self.head_logits(h[rows], k).items():
-                    out[a] = out[a].index_add(0, rows, w * logits)
+        t = torch.as_tensor(t, dtype=torch.float32, device=self.t_sorted.device).reshape(-1).expand(h.shape[0])
+        lo, hi, w = self.bucket_weights(t, head_selection)
+        rows = torch.arange(h.shape[0], device=lo.device)
+        out = {}
+        for a in self.heads if attributes is None else attributes:
+            heads = self.heads[a]
+            weight = torch.cat([head.weight for head in heads])  # (K * n, F)
+            bias = torch.cat([head.bias for head in heads])
+            every = torch.nn.functional.linear(h.flatten(1).to(weight.dtype), weight, bias).view(h.shape[0], len(heads), -1)
+            wk = w.to(every.dtype)[:, None]
+            out[a] = (1 - wk) * every[rows, lo] + wk * every[rows, hi]
         return out
 
 

@@ -77,11 +77,24 @@ class DiscreteVPDenoiser(nn.Module):
         return ((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[hi]).exp()
 
     # ----- denoiser -----------------------------------------------------------------------------------------
-    def labels_or_null(self, class_labels: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+    def check_labels(self, class_labels: torch.Tensor) -> None:
+        """Clear errors for labels this model cannot take. Reads the values, so callers run it on the host copy."""
         if not self.cfg.conditional:  # only the null label -1 means anything to it (ComfyUI's KSampler needs some label)
-            if class_labels is not None and not bool((class_labels == -1).all()):
+            if not bool((class_labels == -1).all()):
                 raise FairSamplingError(f"this model is unconditional (condition='none'): give no class_labels or the null "
                                         f"label -1, got {sorted(set(class_labels.tolist()))}")
+            return
+        null = self.cfg.num_classes
+        if bool(((class_labels < -1) | (class_labels >= null)).any()):
+            raise FairSamplingError(f"class_labels must be in [0, {null - 1}] or -1 (unconditional), got {class_labels.tolist()}")
+
+    def labels_or_null(self, class_labels: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+        """Labels for the UNet, -1 mapped to the null label. Values are checked here when the labels are on the CPU;
+        labels already on an accelerator were checked where they were made (``sampling.generate``, ComfyUI's
+        ``extra_conds``): reading them at every call would make each step wait for the device."""
+        if class_labels is not None and class_labels.device.type == "cpu":
+            self.check_labels(class_labels)
+        if not self.cfg.conditional:
             return None
         null = self.cfg.num_classes
         if class_labels is None:
@@ -89,8 +102,6 @@ class DiscreteVPDenoiser(nn.Module):
         labels = class_labels.to(device=device, dtype=torch.long)
         if labels.shape != (n,):
             raise FairSamplingError(f"class_labels must have shape ({n},), got {tuple(labels.shape)}")
-        if bool(((labels < -1) | (labels >= null)).any()):
-            raise FairSamplingError(f"class_labels must be in [0, {null - 1}] or -1 (unconditional), got {labels.tolist()}")
         return torch.where(labels < 0, torch.full_like(labels, null), labels)
 
     def network(self, x_vp: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:

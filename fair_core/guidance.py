@@ -74,9 +74,15 @@ def parse_reference(text: str, classes: list[str], normalize: str = "error") -> 
 
 
 # ----- the batch distribution and its losses -----------------------------------------------------------------------
-def p_hat(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """p_hat = 1/N sum_i softmax(logits_i / temperature): the batch's predicted attribute distribution (K,)."""
-    return (logits.float() / temperature).softmax(-1).mean(0)
+def p_hat(logits: torch.Tensor, temperature: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """p_hat = 1/N sum_i softmax(logits_i / temperature): the batch's predicted attribute distribution (K,).
+
+    With ``weights`` (N,) of 0/1, only the entries weighted 1 count (the guided ones): sum_i w_i softmax_i / sum_i w_i.
+    """
+    probs = (logits.float() / temperature).softmax(-1)
+    if weights is None:
+        return probs.mean(0)
+    return (weights[:, None] * probs).sum(0) / weights.sum().clamp_min(1.0)
 
 
 def chi2_loss(p_hat: torch.Tensor, p_ref: torch.Tensor) -> torch.Tensor:
@@ -139,26 +145,33 @@ def active(t: torch.Tensor, num_timesteps: int, start_percent: float, end_percen
     return (t >= (1 - end_percent) * top - 1e-4) & (t <= (1 - start_percent) * top + 1e-4)
 
 
-def guidance_step(h: torch.Tensor, t: torch.Tensor, guide: torch.Tensor, adp: ADP, cfg: GuidanceConfig) -> torch.Tensor:
+def reference_tensors(cfg: GuidanceConfig, device) -> tuple[torch.Tensor, ...]:
+    """Each target's ``p_ref`` as a float32 tensor on ``device``: made once per device by the callers, since copying
+    a host list to a GPU makes the host wait for it."""
+    return tuple(torch.tensor(tg.p_ref, dtype=torch.float32, device=device) for tg in cfg.targets)
+
+
+def guidance_step(h: torch.Tensor, t: torch.Tensor, guide: torch.Tensor, adp: ADP, cfg: GuidanceConfig,
+                  p_refs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """h_i <- h_i - N sum_a scale_a grad_{h_i} L(p_hat_a, p_ref_a) for the entries where ``guide`` (N,) is True.
 
-    ``t`` (N,): continuous timesteps selecting the ADP heads. Other entries are returned unchanged. Runs its own
-    autograd (also inside ``torch.no_grad`` / ``torch.inference_mode``): only the ADP and h see the gradient.
+    ``t`` (N,): continuous timesteps selecting the ADP heads; ``p_refs``: :func:`reference_tensors` on h's device
+    (made here if not given). Entries outside ``guide`` count neither in ``p_hat`` nor in ``N`` and get a zero
+    gradient, so they come back unchanged. Nothing here reads a tensor value on the host (no ``.item()``, no
+    data-dependent indexing): on a GPU the step queues behind the UNet without waiting for it. Runs its own autograd
+    (also inside ``torch.no_grad`` / ``torch.inference_mode``): only the ADP and h see the gradient.
     """
-    rows = guide.nonzero().squeeze(1)
-    n = rows.numel()
-    if n == 0:
-        return h
+    if p_refs is None:
+        p_refs = reference_tensors(cfg, h.device)
     with torch.inference_mode(False), torch.enable_grad():
-        hh = h[rows].detach().float().clone().requires_grad_(True)
-        logits = adp(hh, t[rows].detach().float().clone(), cfg.head_selection)
+        weights = guide.detach().to(torch.float32).clone()
+        hh = h.detach().float().clone().requires_grad_(True)
+        logits = adp(hh, t.detach().float().clone(), cfg.head_selection, [tg.attribute for tg in cfg.targets])
         total = hh.new_zeros(())
-        for tg in cfg.targets:
-            p_ref = torch.tensor(tg.p_ref, device=hh.device, dtype=torch.float32)
-            total = total + tg.scale * LOSS_FNS[cfg.loss](p_hat(logits[tg.attribute], cfg.temperature), p_ref)
+        for tg, p_ref in zip(cfg.targets, p_refs):
+            total = total + tg.scale * LOSS_FNS[cfg.loss](p_hat(logits[tg.attribute], cfg.temperature, weights), p_ref)
         (grad,) = torch.autograd.grad(total, hh)
-    step = (n * grad).to(h.dtype)
-    return h.index_add(0, rows, -step) if n < h.shape[0] else h - step
+    return h - (weights.sum() * grad).to(h.dtype)
 
 
 class DistributionGuidedDenoiser(nn.Module):
@@ -173,6 +186,7 @@ class DistributionGuidedDenoiser(nn.Module):
         hspace.check_mid_block(model.unet)
         check_targets(adp, cfg)
         self.inner, self.adp, self.guidance = model, adp, cfg
+        self._p_refs: dict[torch.device, tuple[torch.Tensor, ...]] = {}  # reference_tensors per device
 
     cfg = property(lambda self: self.inner.cfg)
     sigmas = property(lambda self: self.inner.sigmas)
@@ -185,11 +199,11 @@ class DistributionGuidedDenoiser(nn.Module):
         guide = active(t, self.cfg.num_train_timesteps, self.guidance.start_percent, self.guidance.end_percent)
         if class_labels is not None:
             guide = guide & (torch.as_tensor(class_labels, device=x.device) >= 0)
-        if not bool(guide.any()):
-            return self.inner(x, sigma, class_labels=class_labels, **kwargs)
+        if x.device not in self._p_refs:
+            self._p_refs[x.device] = reference_tensors(self.guidance, x.device)
 
-        def fn(h, hsp):
-            return guidance_step(h, t, guide, self.adp, self.guidance), hsp
+        def fn(h, hsp):  # no host branch on ``guide``: an all-False mask costs one small autograd pass, a sync costs more
+            return guidance_step(h, t, guide, self.adp, self.guidance, self._p_refs[x.device]), hsp
 
         with hspace.patched(self.inner.unet, fn):
             return self.inner(x, sigma, class_labels=class_labels, **kwargs)

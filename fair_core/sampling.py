@@ -87,11 +87,12 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Heun's second-order method (Karras et al. 2022, Algorithm 2 without churn); Euler on the last step to 0."""
     extra_args = extra_args or {}
+    last = sigmas.tolist()  # host copy for the branches: one read before the loop, not one per step
     for i in trange(len(sigmas) - 1, disable=disable, leave=False):
         denoised = _denoise_and_report(model, x, sigmas, i, extra_args, callback)
         d = to_d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
-        if sigmas[i + 1] == 0:
+        if last[i + 1] == 0:
             x = x + d * dt
         else:
             x_2 = x + d * dt
@@ -111,11 +112,12 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     """
     check_range("eta", eta, 0.0)
     extra_args = extra_args or {}
+    last = sigmas.tolist()  # host copy for the branches: one read before the loop, not one per step
     for i in trange(len(sigmas) - 1, disable=disable, leave=False):
         denoised = _denoise_and_report(model, x, sigmas, i, extra_args, callback)
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if eta and sigmas[i + 1] > 0:
+        if eta and last[i + 1] > 0:
             x = x + torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * sigma_up
     return x
 
@@ -125,9 +127,10 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     """DPM-Solver++(2M) (Lu et al. 2022), multistep second order in log-sigma time, as in k-diffusion."""
     extra_args = extra_args or {}
     old_denoised = None
+    last = sigmas.tolist()  # host copy for the branch: one read before the loop, not one per step
     for i in trange(len(sigmas) - 1, disable=disable, leave=False):
         denoised = _denoise_and_report(model, x, sigmas, i, extra_args, callback)
-        if sigmas[i + 1] == 0:
+        if last[i + 1] == 0:
             x = denoised
             continue
         t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
@@ -168,6 +171,18 @@ class CFGDenoiser(nn.Module):
 
 
 # ----- the high-level entry point ---------------------------------------------------------------------------------
+def check_label_values(model, args: dict) -> None:
+    """Check every ``class_labels*`` tensor of ``args`` against the innermost denoiser (through the guidance, switching
+    and CFG wrappers' ``inner`` / ``model``), on the host and once: the denoiser skips that check for labels already
+    on a GPU, where it would make every step wait."""
+    base = model
+    while base is not None and not hasattr(base, "check_labels"):
+        base = getattr(base, "inner", None) or getattr(base, "model", None)
+    for key, value in args.items():
+        if base is not None and value is not None and key.startswith("class_labels"):
+            base.check_labels(torch.as_tensor(value).cpu())
+
+
 def generate(model, n: int, steps: int, sampler: str = "dpmpp_2m", schedule: str = "karras", class_labels=None,
              seed: int = 0, cfg_scale: float = 1.0, eta: float = 0.0, batch_size: int = 64, device=None, dtype=None,
              callback=None, disable=None, channels: int | None = None, size: int | None = None,
@@ -200,6 +215,7 @@ def generate(model, n: int, steps: int, sampler: str = "dpmpp_2m", schedule: str
     for k, v in (extra_args or {}).items():
         if not isinstance(v, torch.Tensor) or v.shape[:1] != (n,):
             raise FairSamplingError(f"extra_args[{k!r}] must be a tensor with first dimension n={n}, got {getattr(v, 'shape', type(v))}")
+    check_label_values(model, {"class_labels": class_labels, **(extra_args or {})})
     denoiser = CFGDenoiser(model, cfg_scale) if cfg_scale != 1.0 else model
     sigmas = get_sigmas(model, steps, schedule, device=device)
     noise = torch.randn((n, channels, size, size), generator=torch.Generator().manual_seed(seed))

@@ -107,6 +107,7 @@ class PixelModel(comfy.model_base.BaseModel):
         out = super().extra_conds(**kwargs)
         labels = kwargs.get(LABELS_KEY)
         if labels is not None:
+            self.diffusion_model.denoiser.check_labels(labels.cpu())  # once per sampling, on the host (not per step on the GPU)
             out["y"] = comfy.conds.CONDRegular(labels)
         return out
 
@@ -242,21 +243,27 @@ def distribution_guidance_patch(model, adp, cfg):
     ms = model.get_model_object("model_sampling")
     sigma_hi, sigma_lo = ms.percent_to_sigma(cfg.start_percent), ms.percent_to_sigma(cfg.end_percent)
 
+    p_refs = {}  # guidance.reference_tensors per device, made once
+
     def patch(h, hsp, transformer_options):
-        if transformer_options.get("block") != ("output", 0):
-            return h, hsp
         chunks = transformer_options.get("cond_or_uncond") or [0]
-        sigma = transformer_options["sigmas"].to(h.device, torch.float32).reshape(-1)  # one per image of a chunk
-        sigma = sigma.repeat(len(chunks)) if sigma.numel() * len(chunks) == h.shape[0] else sigma.expand(h.shape[0])
-        cond = torch.tensor([c == 0 for c in chunks], device=h.device).repeat_interleave(h.shape[0] // len(chunks))
-        guide = cond & (sigma <= sigma_hi * (1 + 1e-5)) & (sigma >= sigma_lo * (1 - 1e-5))
-        if not bool(guide.any()):
+        if transformer_options.get("block") != ("output", 0) or 0 not in chunks:
             return h, hsp
         if next(adp.parameters()).device != h.device:
             with torch.inference_mode(False):
                 adp.to(h.device)
+        if h.device not in p_refs:
+            p_refs[h.device] = guidance.reference_tensors(cfg, h.device)
+        sigma = transformer_options["sigmas"].to(h.device, torch.float32).reshape(-1)  # one per image of a chunk
+        sigma = sigma.repeat(len(chunks)) if sigma.numel() * len(chunks) == h.shape[0] else sigma.expand(h.shape[0])
+        per_chunk = h.shape[0] // len(chunks)
+        cond = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)  # filled by slices: no host list copied to the GPU
+        for i, c in enumerate(chunks):
+            if c == 0:
+                cond[i * per_chunk:(i + 1) * per_chunk] = True
+        guide = cond & (sigma <= sigma_hi * (1 + 1e-5)) & (sigma >= sigma_lo * (1 - 1e-5))
         t = ms.timestep(sigma).float()
-        return guidance.guidance_step(h, t, guide, adp, cfg), hsp
+        return guidance.guidance_step(h, t, guide, adp, cfg, p_refs[h.device]), hsp
 
     m = model.clone()
     m.set_model_output_block_patch(patch)

@@ -1,4 +1,5 @@
 """Distribution guidance (arXiv 2402.18206): losses, reference parsing, ADP heads, the h-space step, training CLI."""
+import copy
 import math
 
 import pytest
@@ -193,6 +194,20 @@ def test_guided_denoiser_edits_only_conditional_entries_in_range(tiny):
         late = off(x, sigma, class_labels=labels)
     assert not torch.allclose(guided[:2], plain[:2]) and torch.equal(guided[2:], plain[2:])
     assert torch.equal(late, plain), "sigma = 5 (t ~ 600) is outside the last 1 % of the timestep range"
+
+
+def test_guided_step_reads_no_tensor_value_on_the_host(tiny):
+    """On a GPU every host read of a tensor (.item(), bool(), .cpu(), nonzero indexing) makes Python wait for the
+    device. On the meta device each of those raises, so a guided forward that runs there has none."""
+    model, adp = tiny
+    cfg = guidance.GuidanceConfig((guidance.AttributeTarget("colour", (0.2, 0.8), 50.0),), start_percent=0.2, end_percent=0.9)
+    guided = guidance.DistributionGuidedDenoiser(copy.deepcopy(model), copy.deepcopy(adp), cfg).to("meta")
+    with pytest.raises(RuntimeError, match="meta"):
+        bool(torch.ones(2, device="meta").any())
+    with torch.no_grad():
+        out = guided(torch.randn(4, 3, 28, 28, device="meta"), torch.full((4,), 5.0, device="meta"),
+                     class_labels=torch.tensor([1, 2, -1, -1], device="meta"))
+    assert out.device.type == "meta" and out.shape == (4, 3, 28, 28)
 
 
 def test_model_without_mid_block_is_refused(tiny):

@@ -162,11 +162,28 @@ def test_generate_with_a_unet(tiny_unet):
     ({"eta": 0.5}, "eta applies to sampler='ddim' only"),
     ({"cfg_scale": -2.0}, "cfg_scale must be"),
     ({"class_labels": torch.tensor([1, 2])}, r"class_labels must have shape \(3,\)"),
+    ({"class_labels": torch.tensor([1, 2, 10])}, r"class_labels must be in \[0, 9\] or -1 \(unconditional\), got \[1, 2, 10\]"),
 ])
 def test_generate_bad_input(tiny_unet, kwargs, message):
     args = {"n": 3, "steps": 2} | kwargs
     with pytest.raises(FairSamplingError, match=message):
         sampling.generate(tiny_unet, disable=True, **args)
+
+
+def test_generate_checks_labels_of_wrapped_models_before_sampling(tiny_unet):
+    """Label values are checked once on the host (the denoiser skips the check for labels on a GPU): also the
+    after-switch labels of a switching model, which reach the model through extra_args."""
+    from fair_core.switching import SwitchDenoiser
+
+    switched = SwitchDenoiser(sampling.CFGDenoiser(tiny_unet, 2.0), sigma_switch=1.0)
+    message = r"class_labels must be in \[0, 9\] or -1 \(unconditional\), got \[0, 12\]"
+    with pytest.raises(FairSamplingError, match=message):  # through both wrappers, without calling the model
+        sampling.check_label_values(switched, {"class_labels": torch.tensor([0, 1]), "class_labels_after": torch.tensor([0, 12])})
+    sampling.check_label_values(switched, {"class_labels": torch.tensor([0, -1]), "other": torch.tensor([99])})
+    switched = SwitchDenoiser(tiny_unet, sigma_switch=1.0)
+    with pytest.raises(FairSamplingError, match=message):
+        sampling.generate(switched, 2, 2, class_labels=torch.tensor([0, 1]), extra_args={"class_labels_after": torch.tensor([0, 12])},
+                          disable=True)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])

@@ -48,14 +48,16 @@ def test_resume_continues_exactly(tmp_path):
     main([*TINY, "--steps", "4", "--outdir", str(tmp_path / "a")])
     main([*TINY, "--steps", "2", "--outdir", str(tmp_path / "b")])
     (b,) = run_dirs(tmp_path / "b")
-    main(["dsm", "--resume", str(b), "--steps", "4"])
+    main(["dsm", "--resume", str(b), "--steps", "4", "--export", str(tmp_path / "longer.safetensors")])
     (a,) = run_dirs(tmp_path / "a")
     sa, sb = load_file(str(a / "state.safetensors")), load_file(str(b / "state.safetensors"))
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.allclose(sa[k], sb[k], atol=1e-6), k
     record = checkpoints.load(b / "export.safetensors").training
-    assert record["steps"] == 4 and record["resumed_with"] == [f"python -m training dsm --resume {b} --steps 4"]
+    assert record["steps"] == 4 and record["resumed_with"] == [
+        f"python -m training dsm --resume {b} --steps 4 --export {tmp_path / 'longer.safetensors'}"]
+    assert checkpoints.load(tmp_path / "longer.safetensors").training["steps"] == 4, "a resumed run may export elsewhere"
     assert "resumed_with" in json.loads((b / "training_options.json").read_text())
 
 

@@ -16,7 +16,7 @@ from .runs import command_line, new_run_dir, pick_device, write_json
 log = logging.getLogger(__name__)
 
 # Options that a resumed run may change; everything else is read back from the run folder.
-RESUME_OVERRIDES = ("steps", "device", "time_limit", "threads", "save_every")
+RESUME_OVERRIDES = ("steps", "device", "time_limit", "threads", "save_every", "export")
 
 
 def add_init(p: argparse.ArgumentParser, what: str) -> None:
