@@ -167,3 +167,29 @@ def test_lambdas_wait_for_dual_start(tmp_path, cached_data):
     main([*TINY, "--bounds", "0,0,0", "--steps", "4", "--dual-start", "4", "--outdir", str(tmp_path)])
     (run,) = list(tmp_path.iterdir())
     assert load_file(str(run / "state.safetensors"))["extra.lambdas"].tolist() == [0.0, 0.0, 0.0], "no dual step before --dual-start"
+
+
+def test_stratified_constraint_timesteps(tmp_path, cached_data, monkeypatch):
+    """--constraint-timesteps stratified: each set's images of a step get one timestep in each n-th of [0, T); the
+    data batch keeps uniform draws. The default (uniform) leaves t to the loss, as before."""
+    seen = []
+    loss = DiscreteVPDenoiser.loss
+
+    def recording(self, x0, class_labels=None, t=None, noise=None, generator=None):
+        seen.append(None if t is None else t.cpu().clone())
+        return loss(self, x0, class_labels, t=t, noise=noise, generator=generator)
+
+    monkeypatch.setattr(DiscreteVPDenoiser, "loss", recording)
+    args = [*TINY, "--dual-batch", "4", "--bounds", "0.1,0.1,0.1", "--steps", "2", "--bound-eval", "4"]
+    main([*args, "--outdir", str(tmp_path / "a"), "--constraint-timesteps", "stratified"])
+    steps = [t for t in seen if t is not None and t.numel() == 4 + 3 * 4]
+    assert len(steps) == 2
+    for t in steps:
+        for part in t[4:].view(3, 4):
+            assert sorted((part // 250).tolist()) == [0, 1, 2, 3], part
+    seen.clear()
+    main([*args, "--outdir", str(tmp_path / "b")])
+    assert seen.count(None) == 2, "uniform: the loss draws t itself"
+    (run,) = (tmp_path / "a").iterdir()
+    assert json.loads((run / "training_options.json").read_text())["options"]["constraint_timesteps"] == "stratified"
+    assert dual.stratified_timesteps(5, 1000, torch.Generator().manual_seed(0)).div(200, rounding_mode="floor").sort().values.tolist() == [0, 1, 2, 3, 4]

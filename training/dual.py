@@ -47,6 +47,7 @@ from .runs import EMA, Loop, load_state, pick_device, step_generator
 log = logging.getLogger(__name__)
 SOURCES = ("biased", "val")
 RELAXATIONS = ("none", "resilient")
+CONSTRAINT_TIMESTEPS = ("uniform", "stratified")
 
 
 def add_parser(sub) -> None:
@@ -79,6 +80,9 @@ def add_parser(sub) -> None:
     g.add_argument("--bound-eval", type=int, default=2048,
                    help="images per set (cycled; fixed, stratified timesteps and noise) to measure reference and final losses: "
                         "the estimate moves by about 1 %% with the seed at 512, 0.3 %% at 2048 (bench_dual_mnist.py bound-check)")
+    g.add_argument("--constraint-timesteps", default="uniform", choices=CONSTRAINT_TIMESTEPS,
+                   help="timesteps of each set's --dual-batch images per step: uniform draws, or stratified (one in each "
+                        "n-th of [0, T)), which lowers the noise of the slack estimates that drive lambda")
     g.add_argument("--relaxation", default="none", choices=RELAXATIONS, help="resilient: relax b_i by u_i = lambda_i / alpha")
     g.add_argument("--alpha", type=float, default=10.0, help="cost (alpha/2) u^2 of the resilient relaxation")
     cli.add_data(p, colour_ratio=0.5)
@@ -138,6 +142,7 @@ def check_options(opts: dict) -> list[tuple[int, ...]]:
     sets = parse_constraints(opts["constraints"], cli.data_config(opts).minority_classes)
     check_choice("--constraint-source", opts["constraint_source"], SOURCES)
     check_choice("--relaxation", opts["relaxation"], RELAXATIONS)
+    check_choice("--constraint-timesteps", opts.get("constraint_timesteps", "uniform"), CONSTRAINT_TIMESTEPS)
     check_range("--dual-batch", opts["dual_batch"], 1, integer=True)
     check_range("--dual-lr", opts["dual_lr"], 0.0, low_open=True)
     check_range("--dual-every", opts["dual_every"], 1, integer=True)
@@ -185,6 +190,12 @@ def constraint_sets(sets, source: str, data: ImageSet, data_cfg) -> list[ImageSe
     return out
 
 
+def stratified_timesteps(n: int, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` timesteps, one uniform in each n-th of [0, steps), in random order (drawn on the CPU)."""
+    t = ((torch.arange(n) + torch.rand(n, generator=generator)) * steps / n).long().clamp_max(steps - 1)
+    return t[torch.randperm(n, generator=generator)]
+
+
 @torch.no_grad()
 def set_loss(model, images: ImageSet, condition: str, n: int, seed: int, device) -> float:
     """``L(theta; q)`` on the first ``n`` images (cycled) of a set, at fixed timesteps and noise: comparable across
@@ -200,7 +211,7 @@ def set_loss(model, images: ImageSet, condition: str, n: int, seed: int, device)
     idx = torch.arange(n) % len(images)
     g = torch.Generator().manual_seed(seed)
     steps = model.cfg.num_train_timesteps
-    t = ((torch.arange(n) + torch.rand(n, generator=g)) * steps / n).long().clamp_max(steps - 1)[torch.randperm(n, generator=g)]
+    t = stratified_timesteps(n, steps, g)
     g_dev = torch.Generator(device=device).manual_seed(seed)  # class dropout of conditional models only
     total = 0.0
     for chunk, t_chunk in zip(idx.split(256), t.split(256)):
@@ -268,7 +279,13 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
         labels = None if labels[0] is None else torch.cat(labels).to(device)
         for group in opt.param_groups:
             group["lr"] = opts["lr"] * min(1.0, (step + 1) / max(opts["warmup"], 1))
-        per_sample = model.loss(x0, labels, generator=step_generator(opts["seed"], step, device))
+        g_dev = step_generator(opts["seed"], step, device)
+        t = None
+        if opts.get("constraint_timesteps", "uniform") == "stratified":  # older options files have no such key
+            steps = model.cfg.num_train_timesteps
+            t = torch.cat([torch.randint(steps, (opts["batch"],), generator=g)]
+                          + [stratified_timesteps(opts["dual_batch"], steps, g) for _ in cons]).to(device)
+        per_sample = model.loss(x0, labels, t=t, generator=g_dev)
         loss_data = per_sample[: opts["batch"]].mean()
         losses = per_sample[opts["batch"]:].view(len(cons), opts["dual_batch"]).mean(1)
         lagrangian = C.lagrangian(loss_data, losses, state["lambdas"].to(losses), bounds.to(losses))
