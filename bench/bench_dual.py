@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed step pairs")
     p.add_argument("--skip", type=int, default=3, help="warm-up pairs not timed")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--slack-estimate", default="plain", choices=["plain", "paired"],
+                   help="the trainer's option: paired adds a no-grad forward of the constraint images through a frozen copy")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None)
     a = p.parse_args()
@@ -63,7 +65,10 @@ def main() -> None:
         state = {"lambdas": torch.zeros(len(c)), "tracker": C.ConstraintTracker.new(len(c))}
         bounds = torch.full((len(c),), 0.05)
         names = [dual.set_name(s) for s in sets[: len(c)]]
-        runs[name] = dual.make_step_fn(opts, model, opt, data, c, names, "none", state, bounds, None, device)
+        control = None
+        if c and a.slack_estimate == "paired":
+            control = (copy.deepcopy(base).to(device).eval().requires_grad_(False), torch.full((len(c),), 0.05))
+        runs[name] = dual.make_step_fn(opts, model, opt, data, c, names, "none", state, bounds, None, device, control)
     times = {"dsm": [], "dual": []}
     t0 = time.monotonic()
     for step in range(a.skip + a.steps):
@@ -78,7 +83,8 @@ def main() -> None:
     wall = time.monotonic() - t0
     ratios = [d / s for s, d in zip(times["dsm"], times["dual"])]
     result = {"device": describe_device(device, a.threads), "model": a.model, "batch": a.batch, "dual_batch": a.dual_batch,
-              "constraint_sets": len(cons), "threads": a.threads, "pairs": a.steps, "dsm_median_s": round(statistics.median(times["dsm"]), 4),
+              "constraint_sets": len(cons), "slack_estimate": a.slack_estimate, "threads": a.threads, "pairs": a.steps,
+              "dsm_median_s": round(statistics.median(times["dsm"]), 4),
               "dual_median_s": round(statistics.median(times["dual"]), 4),
               "ratio_of_medians": round(statistics.median(times["dual"]) / statistics.median(times["dsm"]), 3),
               "median_pair_ratio": round(statistics.median(ratios), 3),

@@ -64,6 +64,14 @@ def commands(a) -> dict[str, list[str]]:
     bound_opts = ["--bounds", a.bounds] if a.bounds else ["--bound-reference", str(dsm), f"--bound-margin={a.margin}"]
     dual_opts = [*bound_opts, "--dual-lr", str(a.dual_lr), "--dual-every", str(a.dual_every), "--relaxation", a.relaxation,
                  "--alpha", str(a.alpha)]
+    # non-default estimator settings and seeds are named in the export (older exports keep their names)
+    variant = {"--constraint-timesteps": (a.constraint_timesteps, "uniform", "_strat"),
+               "--slack-estimate": (a.slack_estimate, "plain", "_paired"), "--seed": (str(a.seed), "0", f"_s{a.seed}")}
+    suffix = ""
+    for flag, (value, default, name) in variant.items():
+        if value != default:
+            dual_opts += [flag, value]
+            suffix += name
     dual_opts += ["--dual-batch", "2", "--bound-eval", "16"] if a.scale == "smoke" else []
     cmds = {"dsm": ["python", "-m", "training", "dsm", *common, "--steps", str(steps), "--colour-ratio", "0.5", "--export", str(dsm)]}
     if a.mode == "scratch":
@@ -74,6 +82,7 @@ def commands(a) -> dict[str, list[str]]:
     else:
         # one export per bounds tried: m<margins in percent>, or b<explicit bounds>
         tag = "b" + "_".join(a.bounds.split(",")) if a.bounds else "m" + "_".join(f"{-100 * float(m):g}" for m in a.margin.split(","))
+        tag += suffix
         dual, control = out / f"mnist457_{model}_dual_ft_{tag}.safetensors", out / f"mnist457_{model}_dsm_ft.safetensors"
         cmds["dual"] = ["python", "-m", "training", "dual", *common, "--steps", str(ft_steps), "--init", str(dsm), *dual_opts,
                         "--dual-start", "0", "--export", str(dual)]
@@ -191,6 +200,10 @@ def main() -> None:
         s.add_argument("--dual-start", type=int, default=1000, help="primal steps before the first dual step")
         s.add_argument("--relaxation", default="resilient", choices=["none", "resilient"])
         s.add_argument("--alpha", type=float, default=100.0)
+        s.add_argument("--constraint-timesteps", default="uniform", choices=["uniform", "stratified"], help="the trainer's option")
+        s.add_argument("--slack-estimate", default="plain", choices=["plain", "paired"],
+                       help="the trainer's option; paired uses the DSM model (--init) as the frozen reference")
+        s.add_argument("--seed", type=int, default=0, help="the dual run's seed")
         add_run_options(s, "bench/out", "tiny models, 4 steps, 16 samples")
     sub.add_parser("classifier-check")
     b = sub.add_parser("bound-check", help="seed-to-seed spread of the auto bound's reference loss")

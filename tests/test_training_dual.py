@@ -63,6 +63,7 @@ def test_dry_run_validates_and_writes_nothing(tmp_path, capsys):
     (["--bounds", "0.1,0.1,0.1", "--bound-margin=-0.05,-0.1"], r"--bound-margin needs one value or one per constraint set \(3\), got 2"),
     (["--bounds", "0.1,0.1,0.1", "--bound-margin=-0.05,-1,0"], r"--bound-margin must be in \(-1.0, inf\], got -1.0"),
     (["--bounds", "0.1,0.1,0.1", "--bound-margin", "small"], "--bound-margin must be a number or comma-separated numbers"),
+    (["--bounds", "0.1,0.1,0.1", "--slack-estimate", "paired"], r"--slack-estimate paired needs a frozen reference model: --slack-reference"),
 ])
 def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -131,9 +132,10 @@ def test_reference_of_another_image_size_is_refused(tmp_path, capsys, cached_dat
     assert re.search(r"--init .* has another model config than this run .*'channels': \(3, 1\)", capsys.readouterr().err)
 
 
-def test_auto_bounds_export_metadata_and_exact_resume(tmp_path, reference, cached_data):
+@pytest.mark.parametrize("estimate", ["plain", "paired"])
+def test_auto_bounds_export_metadata_and_exact_resume(tmp_path, reference, cached_data, estimate):
     common = [*TINY, "--bound-reference", str(reference), "--relaxation", "resilient", "--alpha", "4", "--init", str(reference),
-              "--dual-start", "2"]
+              "--dual-start", "2", "--slack-estimate", estimate]
     main([*common, "--steps", "4", "--outdir", str(tmp_path / "a"), "--export", str(tmp_path / "copy.safetensors")])
     main([*common, "--steps", "2", "--outdir", str(tmp_path / "b")])
     (a,), (b,) = list((tmp_path / "a").iterdir()), list((tmp_path / "b").iterdir())
@@ -159,6 +161,9 @@ def test_auto_bounds_export_metadata_and_exact_resume(tmp_path, reference, cache
     assert rec["mode"] == "resilient" and rec["relaxation"] == pytest.approx([l / 4 for l in rec["lambdas"]])
     assert rec["slacks"] == pytest.approx([l - b - u for l, b, u in zip(rec["losses"], rec["bounds"], rec["relaxation"])])
     assert rec["dual"]["start"] == 2 and rec["dual"]["init"] == str(reference)
+    assert rec["dual"]["slack_estimate"] == estimate
+    assert rec["dual"]["slack_reference"] == (str(reference) if estimate == "paired" else None)
+    assert ("extra.slack_reference_means" in sa) == (estimate == "paired")
     assert "digit5" in C.constraint_report(rec)
     assert {"loss", "lam_4", "slack_7"} <= log[-1].keys()
 
@@ -193,3 +198,26 @@ def test_stratified_constraint_timesteps(tmp_path, cached_data, monkeypatch):
     (run,) = (tmp_path / "a").iterdir()
     assert json.loads((run / "training_options.json").read_text())["options"]["constraint_timesteps"] == "stratified"
     assert dual.stratified_timesteps(5, 1000, torch.Generator().manual_seed(0)).div(200, rounding_mode="floor").sort().values.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_paired_slack_estimate_leaves_the_primal_step_and_tracks_the_control_variate(tmp_path, reference, cached_data):
+    """--slack-estimate paired: the same draws as the loss makes (weights bit-identical while lambda is 0), and at the
+    first step, where the model is still its reference, the tracked loss is exactly the reference's set loss."""
+    args = [*TINY, "--bounds", "0.1,0.1,0.1", "--init", str(reference), "--dual-start", "4"]
+    main([*args, "--steps", "1", "--outdir", str(tmp_path / "paired1"), "--slack-estimate", "paired"])
+    (run,) = (tmp_path / "paired1").iterdir()
+    state = load_file(str(run / "state.safetensors"))
+    means = state["extra.slack_reference_means"]
+    ref = checkpoints.load(reference).model
+    data_cfg = DataConfig(dataset="mnist", minority_classes=(4, 5, 7), minority_keep=0.1)
+    cons = dual.constraint_sets(dual.parse_constraints("minority", (4, 5, 7)), "biased", dual.load_data(data_cfg), None)
+    assert means.tolist() == pytest.approx([dual.set_loss(ref, c, "none", 8, 12345 + i, "cpu") for i, c in enumerate(cons)])
+    assert torch.allclose(state["extra.tracker.running"], means, atol=1e-5), "l_theta - l_ref + L_ref with theta = ref"
+
+    for estimate in ("plain", "paired"):
+        main([*args, "--steps", "3", "--outdir", str(tmp_path / estimate), "--slack-estimate", estimate])
+    (a,), (b,) = (tmp_path / "plain").iterdir(), (tmp_path / "paired").iterdir()
+    sa, sb = load_file(str(a / "state.safetensors")), load_file(str(b / "state.safetensors"))
+    for k in (k for k in sa if k.startswith("model.")):
+        assert torch.equal(sa[k], sb[k]), k
+    assert not torch.allclose(sa["extra.tracker.running"], sb["extra.tracker.running"]), "the tracked estimates differ"

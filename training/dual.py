@@ -11,6 +11,13 @@ are accumulated (``ConstraintTracker``); every ``--dual-every`` primal steps the
 So a dual step costs no extra forward pass, and one primal step costs ``(batch + m * dual_batch) / batch`` of a DSM
 step (1.375x with the defaults: 64 + 3 x 8).
 
+The slack estimate (``--slack-estimate``): ``plain`` feeds the batch means of the constraint losses to the dual step;
+their noise (mostly from each image's random timestep) can exceed the slacks themselves, and lambda then wanders.
+``paired`` also runs a frozen reference model (``--slack-reference``, by default the bound reference or ``--init``)
+without gradients on the same constraint images, timesteps and noise, and tracks ``l_theta - l_ref + L(ref; q_i)``
+(``fair_core.constrained.paired_estimate``): the same expectation, a fraction of the noise, one extra forward pass of
+the constraint images per step. The primal step is unchanged.
+
 Constraint sets (``--constraints``): each is '+'-joined digits and/or colours, e.g. ``4`` (the digit 4), ``4+5``,
 ``green`` (every green Colored-MNIST image), ``7+green`` (green sevens): any listed digit, and any listed colour.
 Where they come from (``--constraint-source``): ``biased`` = those images inside the training data itself (no extra
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("biased", "val")
 RELAXATIONS = ("none", "resilient")
 CONSTRAINT_TIMESTEPS = ("uniform", "stratified")
+SLACK_ESTIMATES = ("plain", "paired")
 
 
 def add_parser(sub) -> None:
@@ -83,6 +91,13 @@ def add_parser(sub) -> None:
     g.add_argument("--constraint-timesteps", default="uniform", choices=CONSTRAINT_TIMESTEPS,
                    help="timesteps of each set's --dual-batch images per step: uniform draws, or stratified (one in each "
                         "n-th of [0, T)), which lowers the noise of the slack estimates that drive lambda")
+    g.add_argument("--slack-estimate", default="plain", choices=SLACK_ESTIMATES,
+                   help="estimate of L(theta; q_i) fed to the dual step: plain batch means, or paired with a frozen reference "
+                        "model on the same images, timesteps and noise (l_theta - l_ref + L_ref, a control variate: ~6x less "
+                        "noise on grey MNIST, for one extra no-grad forward of the constraint images)")
+    g.add_argument("--slack-reference", default=None,
+                   help="the frozen model of --slack-estimate paired (same image size and condition); default: "
+                        "--bound-reference, else --init")
     g.add_argument("--relaxation", default="none", choices=RELAXATIONS, help="resilient: relax b_i by u_i = lambda_i / alpha")
     g.add_argument("--alpha", type=float, default=10.0, help="cost (alpha/2) u^2 of the resilient relaxation")
     cli.add_data(p, colour_ratio=0.5)
@@ -143,6 +158,10 @@ def check_options(opts: dict) -> list[tuple[int, ...]]:
     check_choice("--constraint-source", opts["constraint_source"], SOURCES)
     check_choice("--relaxation", opts["relaxation"], RELAXATIONS)
     check_choice("--constraint-timesteps", opts.get("constraint_timesteps", "uniform"), CONSTRAINT_TIMESTEPS)
+    check_choice("--slack-estimate", opts.get("slack_estimate", "plain"), SLACK_ESTIMATES)
+    if opts.get("slack_estimate", "plain") == "paired" and not slack_reference(opts):
+        raise FairSamplingError("--slack-estimate paired needs a frozen reference model: --slack-reference CHECKPOINT "
+                                "(or --bound-reference, or --init), got none")
     check_range("--dual-batch", opts["dual_batch"], 1, integer=True)
     check_range("--dual-lr", opts["dual_lr"], 0.0, low_open=True)
     check_range("--dual-every", opts["dual_every"], 1, integer=True)
@@ -154,6 +173,11 @@ def check_options(opts: dict) -> list[tuple[int, ...]]:
         raise FairSamplingError("--bounds auto needs --bound-reference CHECKPOINT (e.g. the unconstrained dsm model on the "
                                 "same data); or give explicit --bounds, one per constraint set")
     return sets
+
+
+def slack_reference(opts: dict) -> str | None:
+    """The frozen model of ``--slack-estimate paired``: ``--slack-reference``, else ``--bound-reference``, else ``--init``."""
+    return opts.get("slack_reference") or opts["bound_reference"] or opts["init"]
 
 
 def set_name(spec) -> str:
@@ -241,7 +265,7 @@ def main(args: argparse.Namespace) -> None:
     ema = EMA(model, opts["ema"])
     alpha = opts["alpha"] if opts["relaxation"] == "resilient" else None
     state = {"lambdas": torch.zeros(len(sets)), "tracker": C.ConstraintTracker.new(len(sets))}
-    start = 0
+    start, extra = 0, {}
     if (run_dir / "state.safetensors").exists():
         start, extra = load_state(run_dir / "state.safetensors", model, ema, opt, device)
         state["lambdas"], bounds = extra["lambdas"].float().cpu(), extra["bounds"].float().cpu()
@@ -250,11 +274,20 @@ def main(args: argparse.Namespace) -> None:
     else:
         bounds = resolve_bounds(opts, cons, cfg.condition, device)
     log.info("bounds %s", dict(zip(names, bounds.tolist())))
+    control = None
+    if opts.get("slack_estimate", "plain") == "paired":
+        ref = load_reference(slack_reference(opts), "--slack-reference", cons, cfg.condition, device).eval().requires_grad_(False)
+        means = extra.get("slack_reference_means")
+        means = reference_losses(ref, cons, cfg.condition, opts, device) if means is None else means.float().cpu()
+        log.info("paired slack estimate: reference losses %s", means.tolist())
+        control = (ref, means)
 
-    step_fn = make_step_fn(opts, model, opt, data, cons, names, cfg.condition, state, bounds, alpha, device)
+    step_fn = make_step_fn(opts, model, opt, data, cons, names, cfg.condition, state, bounds, alpha, device, control)
 
     def extra_state() -> dict[str, torch.Tensor]:
-        return {"lambdas": state["lambdas"], "bounds": bounds, **{f"tracker.{k}": v for k, v in state["tracker"].state().items()}}
+        paired = {} if control is None else {"slack_reference_means": control[1]}
+        return {"lambdas": state["lambdas"], "bounds": bounds, **paired,
+                **{f"tracker.{k}": v for k, v in state["tracker"].state().items()}}
 
     loop = Loop(run_dir, model, opt, ema, steps=opts["steps"], save_every=opts["save_every"], time_limit_min=opts["time_limit"],
                 extra_state=extra_state)
@@ -265,10 +298,14 @@ def main(args: argparse.Namespace) -> None:
 
 
 def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], names: list[str], condition: str, state: dict,
-                 bounds: torch.Tensor, alpha: float | None, device):
+                 bounds: torch.Tensor, alpha: float | None, device, control: tuple | None = None):
     """One primal step on the Lagrangian (data and constraint images in one forward pass) and, every ``dual_every``
     steps, the dual step. ``state`` holds ``lambdas`` and ``tracker`` and is updated in place. With no constraint
-    sets this is exactly a DSM step (``bench/bench_dual.py`` times both through it)."""
+    sets this is exactly a DSM step (``bench/bench_dual.py`` times both through it).
+
+    ``control``: ``(frozen reference model, its (m,) set losses)`` for ``--slack-estimate paired``: the tracker then
+    gets :func:`fair_core.constrained.paired_estimate` of the constraint losses instead of their plain means. The
+    timesteps and noise are drawn here exactly as the loss would draw them, so the primal step is unchanged."""
 
     def step_fn(step: int) -> dict[str, float]:
         g = step_generator(opts["seed"], step, "cpu")
@@ -285,9 +322,21 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
             steps = model.cfg.num_train_timesteps
             t = torch.cat([torch.randint(steps, (opts["batch"],), generator=g)]
                           + [stratified_timesteps(opts["dual_batch"], steps, g) for _ in cons]).to(device)
-        per_sample = model.loss(x0, labels, t=t, generator=g_dev)
+        noise = None
+        if control is not None:  # the same draws, in the same order, as DiscreteVPDenoiser.loss makes them
+            if t is None:
+                t = torch.randint(0, model.cfg.num_train_timesteps, (len(x0),), device=device, generator=g_dev)
+            noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=g_dev)
+        per_sample = model.loss(x0, labels, t=t, noise=noise, generator=g_dev)
         loss_data = per_sample[: opts["batch"]].mean()
         losses = per_sample[opts["batch"]:].view(len(cons), opts["dual_batch"]).mean(1)
+        tracked = losses
+        if control is not None:
+            b = opts["batch"]
+            with torch.no_grad():
+                ref_losses = control[0].loss(x0[b:], None if labels is None else labels[b:], t=t[b:], noise=noise[b:],
+                                             generator=g_dev).view(len(cons), opts["dual_batch"]).mean(1)
+            tracked = C.paired_estimate(losses, ref_losses, control[1])
         lagrangian = C.lagrangian(loss_data, losses, state["lambdas"].to(losses), bounds.to(losses))
         if not math.isfinite(lagrangian.item()):
             raise FloatingPointError(f"Lagrangian became {lagrangian.item()} at step {step}; lower --lr or --dual-lr")
@@ -295,7 +344,7 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
         lagrangian.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        state["tracker"].add(losses)
+        state["tracker"].add(tracked)
         if (step + 1) % opts["dual_every"] == 0:
             mean_losses = state["tracker"].take_mean()
             if step + 1 > opts["dual_start"]:
@@ -308,18 +357,29 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
     return step_fn
 
 
+def load_reference(path: str, option: str, cons: list[ImageSet], condition: str, device):
+    """A diffusion checkpoint that must model the constraint sets' images under this run's condition."""
+    ref = checkpoints.load(path, kind=checkpoints.DIFFUSION_KINDS, device=device).model
+    if ref.cfg.channels != cons[0].channels or ref.cfg.sample_size != cons[0].images([0]).shape[-1]:
+        raise FairSamplingError(f"{option} {path!r} models {ref.cfg.channels}x{ref.cfg.sample_size}px images; "
+                                f"the constraint sets are {cons[0].channels}x{cons[0].images([0]).shape[-1]}px")
+    if ref.cfg.condition != condition:
+        raise FairSamplingError(f"{option} {path!r} has condition={ref.cfg.condition!r}, this run {condition!r}")
+    return ref
+
+
+def reference_losses(ref, cons: list[ImageSet], condition: str, opts: dict, device) -> torch.Tensor:
+    """``L(theta_ref; q_i)`` of every set, ``--bound-eval`` images each at fixed draws (:func:`set_loss`)."""
+    return torch.tensor([set_loss(ref, c, condition, opts["bound_eval"], 12345 + i, device) for i, c in enumerate(cons)])
+
+
 def resolve_bounds(opts: dict, cons: list[ImageSet], condition: str, device) -> torch.Tensor:
     explicit = parse_bounds(opts["bounds"], len(cons))
     if explicit is not None:
         return explicit
-    ref = checkpoints.load(opts["bound_reference"], kind=checkpoints.DIFFUSION_KINDS, device=device).model
-    if ref.cfg.channels != cons[0].channels or ref.cfg.sample_size != cons[0].images([0]).shape[-1]:
-        raise FairSamplingError(f"--bound-reference {opts['bound_reference']!r} models {ref.cfg.channels}x{ref.cfg.sample_size}px images; "
-                                f"the constraint sets are {cons[0].channels}x{cons[0].images([0]).shape[-1]}px")
-    if ref.cfg.condition != condition:
-        raise FairSamplingError(f"--bound-reference {opts['bound_reference']!r} has condition={ref.cfg.condition!r}, this run {condition!r}")
-    reference = [set_loss(ref, c, condition, opts["bound_eval"], 12345 + i, device) for i, c in enumerate(cons)]
-    log.info("reference losses %s", reference)
+    ref = load_reference(opts["bound_reference"], "--bound-reference", cons, condition, device)
+    reference = reference_losses(ref, cons, condition, opts, device)
+    log.info("reference losses %s", reference.tolist())
     return C.default_bounds(reference, parse_margins(opts["bound_margin"], len(cons)))
 
 
@@ -334,4 +394,6 @@ def final_record(model, cons, names, sets, bounds, lambdas, alpha, opts, conditi
             "losses": losses.tolist(), "slacks": C.slack(losses, bounds, u).tolist(),
             "mixture_weights": C.mixture_weights(lambdas).tolist(),
             "dual": {"lr": opts["dual_lr"], "every": opts["dual_every"], "start": opts["dual_start"], "batch": opts["dual_batch"],
-                     "init": opts["init"]}}
+                     "init": opts["init"], "constraint_timesteps": opts.get("constraint_timesteps", "uniform"),
+                     "slack_estimate": opts.get("slack_estimate", "plain"),
+                     "slack_reference": slack_reference(opts) if opts.get("slack_estimate") == "paired" else None}}
