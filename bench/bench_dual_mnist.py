@@ -16,6 +16,7 @@ Two modes (``--mode``):
     python bench/bench_dual_mnist.py run --scale smoke       # tiny models, a few steps: checks the pipeline only
     python bench/bench_dual_mnist.py classifier-check        # how well the eval classifier reads grey MNIST
     python bench/bench_dual_mnist.py bound-check             # seed-to-seed spread of the auto bounds' reference losses
+    python bench/bench_dual_mnist.py slack-check             # noise of the plain and paired slack estimates
 
 Evaluation: ``n`` unconditional samples per model (dpmpp_2m, 20 steps); each grey sample is drawn as a red digit
 (``features.recolour_red``; the shipped evaluation classifier was trained on red/green Colored-MNIST and classifies
@@ -165,7 +166,7 @@ def bound_check(a) -> None:
     from training.data import DataConfig, load
 
     cfg = DataConfig(dataset="mnist", minority_classes=MINORITY, minority_keep=0.1)
-    cons = dual.constraint_sets(dual.parse_constraints("minority", MINORITY), "train", load(cfg), cfg)
+    cons = dual.constraint_sets(dual.parse_constraints("minority", MINORITY), "biased", load(cfg), cfg)
     model = checkpoints.load(a.model).model
 
     def uniform(c, seed):
@@ -177,6 +178,31 @@ def bound_check(a) -> None:
                 "uniform": [uniform(c, s) for s in range(5)]}
         print(json.dumps({"digit": digit, "images": a.eval, **{k: {"losses": [round(v, 4) for v in r],
                           "sd_over_mean": round(statistics.stdev(r) / statistics.mean(r), 4)} for k, r in rows.items()}}))
+
+
+@torch.no_grad()
+def slack_check(a) -> None:
+    """Noise of the constraint-loss estimate that drives lambda, per minority digit: the spread over ``--batches``
+    batches of ``--dual-batch`` images (uniform timesteps) of the plain batch mean of ``--model``'s loss, and of the
+    paired estimate against ``--reference`` on the same images, timesteps and noise (``--slack-estimate paired``)."""
+    from fair_core import constrained as C
+    from training import dual
+    from training.data import DataConfig, load
+
+    cfg = DataConfig(dataset="mnist", minority_classes=MINORITY, minority_keep=0.1)
+    cons = dual.constraint_sets(dual.parse_constraints("minority", MINORITY), "biased", load(cfg), cfg)
+    model, ref = checkpoints.load(a.model).model.eval(), checkpoints.load(a.reference).model.eval()
+    g = torch.Generator().manual_seed(0)
+    for digit, c in zip(MINORITY, cons):
+        n = a.batches * a.dual_batch
+        x0 = c.images(torch.randint(len(c), (n,), generator=g))
+        t, noise = torch.randint(model.cfg.num_train_timesteps, (n,), generator=g), torch.randn(x0.shape, generator=g)
+        l_theta, l_ref = model.loss(x0, None, t=t, noise=noise), ref.loss(x0, None, t=t, noise=noise)
+        plain = l_theta.view(a.batches, a.dual_batch).mean(1)
+        paired = C.paired_estimate(plain, l_ref.view(a.batches, a.dual_batch).mean(1), l_ref.mean().expand(a.batches))
+        print(json.dumps({"digit": digit, "batch": a.dual_batch, "batches": a.batches, "plain_sd": round(plain.std().item(), 5),
+                          "paired_sd": round(paired.std().item(), 5), "sd_ratio": round((plain.std() / paired.std()).item(), 2),
+                          "per_image_correlation": round(torch.corrcoef(torch.stack([l_theta, l_ref]))[0, 1].item(), 4)}))
 
 
 def main() -> None:
@@ -209,9 +235,15 @@ def main() -> None:
     b = sub.add_parser("bound-check", help="seed-to-seed spread of the auto bound's reference loss")
     b.add_argument("--model", default="bench/out/mnist457_mnist-s_dsm.safetensors")
     b.add_argument("--eval", type=int, default=2048, help="images per set (the trainer's --bound-eval)")
+    c = sub.add_parser("slack-check", help="noise of the plain and paired constraint-loss estimates")
+    c.add_argument("--model", default="bench/out/mnist457_mnist-s_dual_ft_b1.safetensors")
+    c.add_argument("--reference", default="bench/out/mnist457_mnist-s_dsm.safetensors")
+    c.add_argument("--batches", type=int, default=200)
+    c.add_argument("--dual-batch", type=int, default=8)
     add_eval_parser(sub, "the per-digit frequencies")
     a = p.parse_args()
-    {"plan": plan, "run": run, "eval": eval_cmd, "classifier-check": classifier_check, "bound-check": bound_check}[a.cmd](a)
+    {"plan": plan, "run": run, "eval": eval_cmd, "classifier-check": classifier_check, "bound-check": bound_check,
+     "slack-check": slack_check}[a.cmd](a)
 
 
 if __name__ == "__main__":
