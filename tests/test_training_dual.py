@@ -107,6 +107,8 @@ def test_empty_constraint_set_is_an_error():
     assert len(four) == 2 and four.digits.tolist() == [4, 4]
     with pytest.raises(FairSamplingError, match="constraint set green selects a colour; grey --data mnist has none"):
         dual.constraint_sets([((), (1,))], "biased", data, None)
+    with pytest.raises(FairSamplingError, match=r"--constraint-source must be one of .*biased.*val.*got 'train'"):
+        dual.constraint_sets([((4,), ())], "train", data, None)
 
 
 def test_constraint_sets_by_digit_and_colour():

@@ -192,6 +192,7 @@ def short_name(name: str) -> str:
 def constraint_sets(sets, source: str, data: ImageSet, data_cfg) -> list[ImageSet]:
     """The images of each set (any of its digits, any of its colours), from the training data or the validation split;
     empty sets are errors."""
+    check_choice("--constraint-source", source, SOURCES)
     pool = data if source == "biased" else load_data(dataclasses.replace(
         data_cfg, split="val", part="biased", reference_fraction=0.0, minority_classes=(), minority_keep=1.0, long_tail=1.0))
     out = []
