@@ -105,7 +105,7 @@ def paired_estimate(losses: torch.Tensor, reference_losses: torch.Tensor, refere
     timestep and image, which both models share, so on grey MNIST a batch of 8 gives a 6x smaller standard deviation
     (correlation 0.985-0.989, bench/RESULTS.md): the slacks that drive ``lambda`` stop being mostly noise.
     """
-    ref_means = _vector("reference_means", reference_means, like=losses)
+    ref_means = _vector("reference_means", reference_means).to(losses)  # checked where given (CPU): no device sync
     if losses.shape != reference_losses.shape or losses.shape != ref_means.shape:
         raise FairSamplingError(f"losses, reference_losses and reference_means need one entry per constraint, got shapes "
                                 f"{tuple(losses.shape)}, {tuple(reference_losses.shape)}, {tuple(ref_means.shape)}")
