@@ -166,6 +166,8 @@ def test_auto_bounds_export_metadata_and_exact_resume(tmp_path, reference, cache
     assert rec["dual"]["slack_estimate"] == estimate
     assert rec["dual"]["slack_reference"] == (str(reference) if estimate == "paired" else None)
     assert ("extra.slack_reference_means" in sa) == (estimate == "paired")
+    if estimate == "paired":  # the bound reference is the slack reference: its set losses serve both
+        assert sa["extra.slack_reference_means"].tolist() == pytest.approx([b / 0.95 for b in rec["bounds"]], rel=1e-5)
     assert "digit5" in C.constraint_report(rec)
     assert {"loss", "lam_4", "slack_7"} <= log[-1].keys()
 

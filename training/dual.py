@@ -11,12 +11,9 @@ are accumulated (``ConstraintTracker``); every ``--dual-every`` primal steps the
 So a dual step costs no extra forward pass, and one primal step costs ``(batch + m * dual_batch) / batch`` of a DSM
 step (1.375x with the defaults: 64 + 3 x 8).
 
-The slack estimate (``--slack-estimate``): ``plain`` feeds the batch means of the constraint losses to the dual step;
-their noise (mostly from each image's random timestep) can exceed the slacks themselves, and lambda then wanders.
-``paired`` also runs a frozen reference model (``--slack-reference``, by default the bound reference or ``--init``)
-without gradients on the same constraint images, timesteps and noise, and tracks ``l_theta - l_ref + L(ref; q_i)``
-(``fair_core.constrained.paired_estimate``): the same expectation, a fraction of the noise, one extra forward pass of
-the constraint images per step. The primal step is unchanged.
+``--slack-estimate paired`` feeds the dual step ``l_theta - l_ref + L(ref; q_i)`` instead of the plain batch means, with
+a frozen reference run on the same constraint images, timesteps and noise (``fair_core.constrained.paired_estimate``):
+the same expectation, a sixth of the noise, one extra no-grad forward of the constraint images per step.
 
 Constraint sets (``--constraints``): each is '+'-joined digits and/or colours, e.g. ``4`` (the digit 4), ``4+5``,
 ``green`` (every green Colored-MNIST image), ``7+green`` (green sevens): any listed digit, and any listed colour.
@@ -266,22 +263,25 @@ def main(args: argparse.Namespace) -> None:
     ema = EMA(model, opts["ema"])
     alpha = opts["alpha"] if opts["relaxation"] == "resilient" else None
     state = {"lambdas": torch.zeros(len(sets)), "tracker": C.ConstraintTracker.new(len(sets))}
-    start, extra = 0, {}
+    start, extra, bound_ref_losses = 0, {}, None
     if (run_dir / "state.safetensors").exists():
         start, extra = load_state(run_dir / "state.safetensors", model, ema, opt, device)
         state["lambdas"], bounds = extra["lambdas"].float().cpu(), extra["bounds"].float().cpu()
         state["tracker"] = C.ConstraintTracker.from_state({k[len("tracker."):]: v for k, v in extra.items() if k.startswith("tracker.")})
         log.info("resumed at step %d with lambdas %s", start, state["lambdas"].tolist())
     else:
-        bounds = resolve_bounds(opts, cons, cfg.condition, device)
+        bounds, bound_ref_losses = resolve_bounds(opts, cons, cfg.condition, device)
     log.info("bounds %s", dict(zip(names, bounds.tolist())))
     control = None
     if opts.get("slack_estimate", "plain") == "paired":
-        ref = load_reference(slack_reference(opts), "--slack-reference", cons, cfg.condition, device).eval().requires_grad_(False)
-        means = extra.get("slack_reference_means")
-        means = reference_losses(ref, cons, cfg.condition, opts, device) if means is None else means.float().cpu()
+        path = slack_reference(opts)
+        ref = load_reference(path, "--slack-reference", cons, cfg.condition, device).eval().requires_grad_(False)
+        means = extra.get("slack_reference_means")  # a resumed run's; else measured once (the bounds' if the same model)
+        if means is None:
+            same = bound_ref_losses is not None and path == opts["bound_reference"]
+            means = bound_ref_losses if same else reference_losses(ref, cons, cfg.condition, opts, device)
         log.info("paired slack estimate: reference losses %s", means.tolist())
-        control = (ref, means)
+        control = (ref, means.float().cpu())
 
     step_fn = make_step_fn(opts, model, opt, data, cons, names, cfg.condition, state, bounds, alpha, device, control)
 
@@ -304,9 +304,8 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
     steps, the dual step. ``state`` holds ``lambdas`` and ``tracker`` and is updated in place. With no constraint
     sets this is exactly a DSM step (``bench/bench_dual.py`` times both through it).
 
-    ``control``: ``(frozen reference model, its (m,) set losses)`` for ``--slack-estimate paired``: the tracker then
-    gets :func:`fair_core.constrained.paired_estimate` of the constraint losses instead of their plain means. The
-    timesteps and noise are drawn here exactly as the loss would draw them, so the primal step is unchanged."""
+    ``control``: ``(frozen reference, its (m,) set losses)`` for ``--slack-estimate paired``; the timesteps and noise
+    are then drawn here exactly as the loss would draw them, so the primal step is unchanged."""
 
     def step_fn(step: int) -> dict[str, float]:
         g = step_generator(opts["seed"], step, "cpu")
@@ -374,14 +373,15 @@ def reference_losses(ref, cons: list[ImageSet], condition: str, opts: dict, devi
     return torch.tensor([set_loss(ref, c, condition, opts["bound_eval"], 12345 + i, device) for i, c in enumerate(cons)])
 
 
-def resolve_bounds(opts: dict, cons: list[ImageSet], condition: str, device) -> torch.Tensor:
+def resolve_bounds(opts: dict, cons: list[ImageSet], condition: str, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The bounds, and the reference's set losses they were set from (None for explicit bounds)."""
     explicit = parse_bounds(opts["bounds"], len(cons))
     if explicit is not None:
-        return explicit
+        return explicit, None
     ref = load_reference(opts["bound_reference"], "--bound-reference", cons, condition, device)
     reference = reference_losses(ref, cons, condition, opts, device)
     log.info("reference losses %s", reference.tolist())
-    return C.default_bounds(reference, parse_margins(opts["bound_margin"], len(cons)))
+    return C.default_bounds(reference, parse_margins(opts["bound_margin"], len(cons))), reference
 
 
 def final_record(model, cons, names, sets, bounds, lambdas, alpha, opts, condition, device) -> dict:
