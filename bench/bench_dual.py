@@ -43,9 +43,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--slack-estimate", default="plain", choices=["plain", "paired"],
                    help="the trainer's option: paired adds a no-grad forward of the constraint images through a frozen copy")
+    p.add_argument("--paired-every", type=int, default=1, help="the trainer's option: the frozen forward on every k-th step")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None)
     a = p.parse_args()
+    if a.paired_every < 1 or 10 % a.paired_every:
+        p.error(f"--paired-every must divide the dual step's 10 primal steps (1, 2, 5 or 10), got {a.paired_every}")
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     data_cfg = DataConfig(dataset="mnist", minority_classes=(4, 5, 7), minority_keep=0.1)
@@ -53,7 +56,8 @@ def main() -> None:
     sets = dual.parse_constraints("minority", data_cfg.minority_classes)
     cons = dual.constraint_sets(sets, "biased", data, data_cfg)
     opts = {"model": a.model, "condition": "none", "prediction": "v_prediction", "seed": 0, "batch": a.batch, "dual_batch": a.dual_batch,
-            "lr": 3e-4, "warmup": 200, "dual_every": 10, "dual_start": 0, "dual_lr": 5.0}
+            "lr": 3e-4, "warmup": 200, "dual_every": 10, "dual_start": 0, "dual_lr": 5.0,
+            "paired_every": a.paired_every}
     cfg = dsm.model_config(opts, data.channels)
     torch.manual_seed(0)
     base = DiscreteVPDenoiser(build_unet(cfg), cfg)
@@ -83,7 +87,8 @@ def main() -> None:
     wall = time.monotonic() - t0
     ratios = [d / s for s, d in zip(times["dsm"], times["dual"])]
     result = {"device": describe_device(device, a.threads), "model": a.model, "batch": a.batch, "dual_batch": a.dual_batch,
-              "constraint_sets": len(cons), "slack_estimate": a.slack_estimate, "threads": a.threads, "pairs": a.steps,
+              "constraint_sets": len(cons), "slack_estimate": a.slack_estimate,
+              "paired_every": a.paired_every, "threads": a.threads, "pairs": a.steps,
               "dsm_median_s": round(statistics.median(times["dsm"]), 4),
               "dual_median_s": round(statistics.median(times["dual"]), 4),
               "ratio_of_medians": round(statistics.median(times["dual"]) / statistics.median(times["dsm"]), 3),

@@ -67,7 +67,8 @@ def commands(a) -> dict[str, list[str]]:
                  "--alpha", str(a.alpha)]
     # non-default estimator settings and seeds are named in the export (older exports keep their names)
     variant = {"--constraint-timesteps": (a.constraint_timesteps, "uniform", "_strat"),
-               "--slack-estimate": (a.slack_estimate, "plain", "_paired"), "--seed": (str(a.seed), "0", f"_s{a.seed}")}
+               "--slack-estimate": (a.slack_estimate, "plain", "_paired"),
+               "--paired-every": (str(a.paired_every), "1", f"_every{a.paired_every}"), "--seed": (str(a.seed), "0", f"_s{a.seed}")}
     suffix = ""
     for flag, (value, default, name) in variant.items():
         if value != default:
@@ -158,11 +159,11 @@ def classifier_check(a) -> None:
 
 @torch.no_grad()
 def bound_check(a) -> None:
-    """How much the auto bound's reference loss ``L(dsm; q_i)`` moves with the seed: ``training.dual.set_loss``
+    """How much the auto bound's reference loss ``L(dsm; q_i)`` moves with the seed: ``training.dual_bounds.set_loss``
     (stratified timesteps) against plain uniform timesteps, ``--eval`` images per set, seeds 0-4."""
     import statistics
 
-    from training import dual
+    from training import dual, dual_bounds
     from training.data import DataConfig, load
 
     cfg = DataConfig(dataset="mnist", minority_classes=MINORITY, minority_keep=0.1)
@@ -174,7 +175,7 @@ def bound_check(a) -> None:
         return sum(model.loss(c.images(ch), None, generator=g).sum().item() for ch in idx.split(256)) / a.eval
 
     for digit, c in zip(MINORITY, cons):
-        rows = {"stratified": [dual.set_loss(model, c, "none", a.eval, s, "cpu") for s in range(5)],
+        rows = {"stratified": [dual_bounds.set_loss(model, c, "none", a.eval, s, "cpu") for s in range(5)],
                 "uniform": [uniform(c, s) for s in range(5)]}
         print(json.dumps({"digit": digit, "images": a.eval, **{k: {"losses": [round(v, 4) for v in r],
                           "sd_over_mean": round(statistics.stdev(r) / statistics.mean(r), 4)} for k, r in rows.items()}}))
@@ -229,6 +230,7 @@ def main() -> None:
         s.add_argument("--constraint-timesteps", default="uniform", choices=["uniform", "stratified"], help="the trainer's option")
         s.add_argument("--slack-estimate", default="plain", choices=["plain", "paired"],
                        help="the trainer's option; paired uses the DSM model (--init) as the frozen reference")
+        s.add_argument("--paired-every", type=int, default=1, help="the trainer's option (with --slack-estimate paired)")
         s.add_argument("--seed", type=int, default=0, help="the dual run's seed")
         add_run_options(s, "bench/out", "tiny models, 4 steps, 16 samples")
     sub.add_parser("classifier-check")

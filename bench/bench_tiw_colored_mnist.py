@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from _bench import add_eval_parser, add_run_options, run_plan, write_json  # noqa: E402
 from fair_core import checkpoints, evaluation, plots  # noqa: E402
+from fair_core.density_ratio import DISC_POOLS  # noqa: E402
+from training.tiw import DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
 
 METHODS = {"dsm": "DSM on D_bias", "ref": "DSM on D_ref only", "iw": "IW only (w(x0))", "tiw": "TIW-DSM"}
 S_PER_STEP = {"dsm": 1.0, "ref": 1.0, "iw": 1.05, "tiw": 1.15}  # mnist-s, batch 64, 2 threads (bench/RESULTS.md)
@@ -51,7 +53,8 @@ DEFAULT_INIT = "models/colored_mnist_dsm.safetensors"
 def export_path(a, method: str, fraction: float) -> Path:
     form = "ft" if a.mode == "finetune" else "scratch"
     model = "tiny_" if a.scale == "smoke" else ""
-    return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}.safetensors"
+    dense = "_dense" if method in ("tiw", "iw") and getattr(a, "disc_pool", "mean") == "dense" else ""  # older exports keep their names
+    return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{dense}.safetensors"
 
 
 def discriminator_of(tiw_export: Path) -> str:
@@ -81,7 +84,8 @@ def commands(a) -> dict:
         cmds[f"dsm {f}"] = ["python", "-m", "training", "dsm", *common, *data, "--part", "biased", "--export", out["dsm"]]
         cmds[f"ref {f}"] = ["python", "-m", "training", "dsm", *common, *data, "--part", "reference", "--export", out["ref"]]
         disc = ["--disc-model", "tiny" if smoke else a.disc_model, "--disc-steps", str(3 if smoke else a.disc_steps),
-                "--disc-schedule", a.disc_schedule] + (["--disc-batch", str(a.disc_batch)] if a.disc_batch else [])
+                "--disc-schedule", a.disc_schedule, "--disc-pool", a.disc_pool]
+        disc += ["--disc-batch", str(a.disc_batch)] if a.disc_batch else []
         cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, "--export", out["tiw"]]
         cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw",
                                                        "--discriminator", discriminator_of(Path(out["tiw"])), "--export", out["iw"]])
@@ -179,8 +183,9 @@ def main() -> None:
         s.add_argument("--lr", type=float, default=4e-4)
         s.add_argument("--disc-steps", type=int, default=2000)
         s.add_argument("--disc-batch", type=int, default=None, help="discriminator batch (default: the training batch, 64)")
-        s.add_argument("--disc-model", default="small", choices=["small", "medium"])
-        s.add_argument("--disc-schedule", default="constant", choices=["constant", "cosine"])
+        s.add_argument("--disc-model", default="small", choices=[m for m in DISC_WIDTHS if m != "tiny"])
+        s.add_argument("--disc-schedule", default="constant", choices=list(DISC_SCHEDULES))
+        s.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS), help="the trainer's option")
         s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                        help="which of the four models to train and evaluate (iw needs the tiw run's discriminator)")
         add_run_options(s, "bench/out/tiw_ft", "tiny models, 3 steps, 16 samples")

@@ -63,6 +63,7 @@ from torch import nn
 from .errors import ConfigError, FairSamplingError, check_choice, check_range
 
 TIW_MODES = ("tiw", "weight", "correction", "none")
+DISC_POOLS = ("mean", "dense")
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,14 @@ class DiscriminatorConfig:
     channels: int = 3  # cnn: image channels; mlp: vector dimension
     sample_size: int = 28  # cnn: image side; ignored by the mlp
     widths: tuple[int, ...] = (32, 64, 64)  # cnn: channels per stride-2 level; mlp: hidden widths
+    pool: str = "mean"  # cnn: "mean" (global average, translation invariant) | "dense" (the whole last map, position-aware)
     embed_dim: int = 64  # sinusoidal embedding of log(sigma)
     prior_ref: float = 0.5  # share of reference samples in the discriminator's training batches (pi)
     clip: float = 1e-5  # d is clipped to [clip, 1 - clip]; official TIW-DSM code: 1e-5
 
     def __post_init__(self):
         check_choice("arch", self.arch, ("cnn", "mlp"))
+        check_choice("pool", self.pool, DISC_POOLS)
         check_range("prior_ref", self.prior_ref, 0.0, 1.0, low_open=True, high_open=True)
         check_range("clip", self.clip, 0.0, 0.5, low_open=True, high_open=True)
         check_range("channels", self.channels, 1, integer=True)
@@ -100,7 +103,13 @@ def sigma_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class TimeDependentDiscriminator(nn.Module):
-    """``f(x, sigma)``: logit that ``x`` is a noised reference sample. Input scaled by ``c_in = 1/sqrt(1+sigma^2)``."""
+    """``f(x, sigma)``: logit that ``x`` is a noised reference sample. Input scaled by ``c_in = 1/sqrt(1+sigma^2)``.
+
+    The CNN's head reads either the global average of its last feature map (``pool="mean"``) or the whole map
+    (``"dense"``). The average makes ``f`` translation invariant, and so is its input gradient: at high noise, where
+    the ratio is close to linear in ``x``, that gradient is nearly uniform over the image, while the exact
+    ``grad log w_t`` is shaped like the posterior mean stroke (bench/RESULTS.md, issue 4). The dense head can place it.
+    """
 
     def __init__(self, cfg: DiscriminatorConfig):
         super().__init__()
@@ -117,7 +126,14 @@ class TimeDependentDiscriminator(nn.Module):
                                       for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])))
             self.film = nn.ModuleList(nn.Linear(e, b) for b in cfg.widths)
             self.norms = nn.ModuleList(nn.GroupNorm(min(8, b), b) for b in cfg.widths)
-        self.head = nn.Linear(cfg.widths[-1], 1)
+        self.head = nn.Linear(cfg.widths[-1] * (self.last_side() ** 2 if cfg.pool == "dense" else 1), 1)
+
+    def last_side(self) -> int:
+        """Side of the last CNN feature map: each stride-2 3x3 convolution (padding 1) maps ``n`` to ``(n + 1) // 2``."""
+        side = self.cfg.sample_size
+        for _ in self.cfg.widths[1:]:
+            side = (side + 1) // 2
+        return side
 
     def check_input(self, x: torch.Tensor) -> None:
         want = (self.cfg.channels,) if self.cfg.arch == "mlp" else (self.cfg.channels, self.cfg.sample_size, self.cfg.sample_size)
@@ -139,7 +155,7 @@ class TimeDependentDiscriminator(nn.Module):
         else:
             for layer, film, norm in zip(self.body, self.film, self.norms):
                 h = F.silu(norm(layer(h)) + film(emb)[:, :, None, None])
-            h = h.mean(dim=(2, 3))
+            h = h.flatten(1) if self.cfg.pool == "dense" else h.mean(dim=(2, 3))
         return self.head(h).squeeze(1).float()
 
 
@@ -215,7 +231,8 @@ def describe_tiw_training(training: dict) -> str:
         f"bias: {bias.get('attribute', '?')} ratio {bias.get('colour_ratio', '?')} in D_bias ({training.get('n_bias', '?')} images)",
         f"reference fraction: {training.get('reference_fraction', '?')} (D_ref {training.get('n_reference', '?')} images, balanced)",
         f"discriminator: {disc.get('path', '?')} ({'trained in the run' if disc.get('trained_in_run') else 'given'}, "
-        f"{disc.get('steps', '?')} steps, clip {(disc.get('config') or {}).get('clip', '?')})",
+        f"{disc.get('steps', '?')} steps, clip {(disc.get('config') or {}).get('clip', '?')}, "
+        f"{(disc.get('config') or {}).get('pool', 'mean')} pool)",
         f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
         f"started from {training.get('init') or 'scratch'}",
         f"command: {training.get('command', '?')}",

@@ -184,3 +184,35 @@ def test_bad_input_is_refused():
         disc(torch.randn(2, 3, 32, 32), torch.ones(2))
     with pytest.raises(FairSamplingError, match="mode"):
         tiw_dsm_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.ones(2), torch.zeros(2), torch.zeros(2, 1), mode="iw")
+    with pytest.raises(FairSamplingError, match=r"pool must be one of .*mean.*dense.*got 'max'"):
+        DiscriminatorConfig(pool="max")
+
+
+def test_dense_head_places_its_input_gradient_the_mean_head_cannot():
+    """Two classes of one blob, at two places 8 px apart (the stride grid's period) and out of the receptive field's
+    reach of the border: for the translation-invariant mean head the two classes look the same, so it stays at
+    chance; the dense head separates them, and its input gradient lives where the blobs are."""
+    x = torch.zeros(2, 1, 24, 24)
+    x[0, :, 6:10, 6:10] = 1.0
+    x[1, :, 14:18, 14:18] = 1.0
+    acc = {}
+    for pool in ("mean", "dense"):
+        torch.manual_seed(0)
+        disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=1, sample_size=24, widths=(8, 8), embed_dim=8,
+                                                              pool=pool))
+        opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(1)
+        sigma = torch.full((64,), 0.3)
+        for _ in range(150):
+            xr, xb = x[0] + 0.3 * torch.randn(64, 1, 24, 24, generator=g), x[1] + 0.3 * torch.randn(64, 1, 24, 24, generator=g)
+            loss = discriminator_loss(disc, xr, sigma, xb, sigma)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        xr, xb = x[0] + 0.3 * torch.randn(256, 1, 24, 24, generator=g), x[1] + 0.3 * torch.randn(256, 1, 24, 24, generator=g)
+        with torch.no_grad():
+            acc[pool] = ((disc(xr, sigma[:1]) > 0).float().mean() + (disc(xb, sigma[:1]) < 0).float().mean()).item() / 2
+        if pool == "dense":
+            _, grad = log_ratio_and_grad(disc, x.mean(0, keepdim=True), torch.full((1,), 0.3))  # half of each blob: unsaturated
+            assert grad[0, 0, 6:10, 6:10].sum() > 0 > grad[0, 0, 14:18, 14:18].sum()
+    assert acc["dense"] > 0.95 and acc["mean"] < 0.65, acc

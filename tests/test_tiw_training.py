@@ -41,7 +41,7 @@ def test_tiny_run_exports_a_tiw_model_and_its_discriminator(tiny_run):
     assert t["command"].startswith("python -m training tiw")
     facts = describe_tiw_training(t)
     assert "reference fraction: 0.05 (D_ref 2380 images" in facts and "colour ratio 0.9" in facts and "trained in the run, 4 steps" in facts
-    assert t["init"] is None and "started from scratch" in facts
+    assert t["init"] is None and "started from scratch" in facts and "clip 1e-05, mean pool" in facts
     disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
     assert isinstance(disc.model, TimeDependentDiscriminator) and disc.config.prior_ref == 0.5 and disc.config.channels == 3
     x = torch.zeros(2, 3, 28, 28)
@@ -52,10 +52,12 @@ def test_tiny_run_exports_a_tiw_model_and_its_discriminator(tiny_run):
 
 def test_discriminator_batch_and_schedule_are_their_own_and_recorded(tmp_path):
     main([*TINY, "--steps", "1", "--disc-steps", "2", "--disc-batch", "6", "--disc-schedule", "cosine", "--disc-model", "medium",
-          "--outdir", str(tmp_path)])
+          "--disc-pool", "dense", "--outdir", str(tmp_path), "--export", str(tmp_path / "tiw.safetensors")])
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
     assert disc.training["batch"] == 6 and disc.training["lr_schedule"] == "cosine" and disc.config.widths == (64, 128, 128)
+    assert disc.config.pool == "dense" and disc.model.head.in_features == 128 * 7 * 7
+    assert "clip 1e-05, dense pool" in describe_tiw_training(checkpoints.load(tmp_path / "tiw.safetensors", kind="tiw").training)
     with pytest.raises(SystemExit):
         main([*TINY, "--disc-batch", "1", "--outdir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()

@@ -11,7 +11,7 @@ from fair_core import constrained as C
 from fair_core.denoiser import DiscreteVPDenoiser
 from fair_core.errors import FairSamplingError
 from fair_core.models import build_unet
-from training import dsm, dual
+from training import dsm, dual, dual_bounds
 from training.__main__ import main
 from training.data import DataConfig, ImageSet
 
@@ -64,6 +64,8 @@ def test_dry_run_validates_and_writes_nothing(tmp_path, capsys):
     (["--bounds", "0.1,0.1,0.1", "--bound-margin=-0.05,-1,0"], r"--bound-margin must be in \(-1.0, inf\], got -1.0"),
     (["--bounds", "0.1,0.1,0.1", "--bound-margin", "small"], "--bound-margin must be a number or comma-separated numbers"),
     (["--bounds", "0.1,0.1,0.1", "--slack-estimate", "paired"], r"--slack-estimate paired needs a frozen reference model: --slack-reference"),
+    (["--bounds", "0.1,0.1,0.1", "--paired-every", "0"], r"--paired-every must be in \[1, inf\], got 0"),
+    (["--bounds", "0.1,0.1,0.1", "--paired-every", "3"], r"--paired-every must divide --dual-every \(2\) .*, got 3"),
 ])
 def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -74,9 +76,9 @@ def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, args, message):
 
 
 def test_margins_one_for_all_sets_or_one_per_set():
-    assert dual.parse_margins("-0.05", 3) == [-0.05] * 3
-    assert dual.parse_margins(-0.05, 2) == [-0.05] * 2  # a float from an older options file
-    assert dual.parse_margins("-0.05,0,-0.1", 3) == [-0.05, 0.0, -0.1]
+    assert dual_bounds.parse_margins("-0.05", 3) == [-0.05] * 3
+    assert dual_bounds.parse_margins(-0.05, 2) == [-0.05] * 2  # a float from an older options file
+    assert dual_bounds.parse_margins("-0.05,0,-0.1", 3) == [-0.05, 0.0, -0.1]
 
 
 def test_set_loss_stratifies_timesteps_and_draws_on_the_cpu():
@@ -90,12 +92,12 @@ def test_set_loss_stratifies_timesteps_and_draws_on_the_cpu():
             return torch.zeros(x0.shape[0])
 
     images = ImageSet(torch.zeros(5, 28, 28), torch.arange(5), torch.zeros(5, dtype=torch.long), 1)
-    assert dual.set_loss(Recorder(), images, "none", 8, 0, "cpu") == 0.0
+    assert dual_bounds.set_loss(Recorder(), images, "none", 8, 0, "cpu") == 0.0
     (t, noise), = seen
     assert sorted((t // 125).tolist()) == list(range(8)), "one timestep in each eighth of [0, T)"
-    dual.set_loss(Recorder(), images, "none", 8, 0, "cpu")
+    dual_bounds.set_loss(Recorder(), images, "none", 8, 0, "cpu")
     assert torch.equal(seen[1][0], t) and torch.equal(seen[1][1], noise), "fixed by the seed"
-    dual.set_loss(Recorder(), images, "none", 8, 1, "cpu")
+    dual_bounds.set_loss(Recorder(), images, "none", 8, 1, "cpu")
     assert not torch.equal(seen[2][1], noise) and sorted((seen[2][0] // 125).tolist()) == list(range(8))
 
 
@@ -157,7 +159,7 @@ def test_auto_bounds_export_metadata_and_exact_resume(tmp_path, reference, cache
     ref = checkpoints.load(reference).model
     data_cfg = DataConfig(**(ckpt.training["data"] | {"minority_classes": tuple(ckpt.training["data"]["minority_classes"])}))
     cons = dual.constraint_sets(dual.parse_constraints("minority", (4, 5, 7)), "biased", dual.load_data(data_cfg), None)
-    expected = [0.95 * dual.set_loss(ref, c, "none", 8, 12345 + i, "cpu") for i, c in enumerate(cons)]
+    expected = [0.95 * dual_bounds.set_loss(ref, c, "none", 8, 12345 + i, "cpu") for i, c in enumerate(cons)]
     assert rec["bounds"] == pytest.approx(expected, rel=1e-5), "auto bounds = (1 - 0.05) x the reference's loss"
     assert rec["lambdas"] == pytest.approx(sa["extra.lambdas"].tolist())
     assert rec["mode"] == "resilient" and rec["relaxation"] == pytest.approx([l / 4 for l in rec["lambdas"]])
@@ -201,7 +203,7 @@ def test_stratified_constraint_timesteps(tmp_path, cached_data, monkeypatch):
     assert seen.count(None) == 2, "uniform: the loss draws t itself"
     (run,) = (tmp_path / "a").iterdir()
     assert json.loads((run / "training_options.json").read_text())["options"]["constraint_timesteps"] == "stratified"
-    assert dual.stratified_timesteps(5, 1000, torch.Generator().manual_seed(0)).div(200, rounding_mode="floor").sort().values.tolist() == [0, 1, 2, 3, 4]
+    assert dual_bounds.stratified_timesteps(5, 1000, torch.Generator().manual_seed(0)).div(200, rounding_mode="floor").sort().values.tolist() == [0, 1, 2, 3, 4]
 
 
 def test_paired_slack_estimate_leaves_the_primal_step_and_tracks_the_control_variate(tmp_path, reference, cached_data):
@@ -215,7 +217,7 @@ def test_paired_slack_estimate_leaves_the_primal_step_and_tracks_the_control_var
     ref = checkpoints.load(reference).model
     data_cfg = DataConfig(dataset="mnist", minority_classes=(4, 5, 7), minority_keep=0.1)
     cons = dual.constraint_sets(dual.parse_constraints("minority", (4, 5, 7)), "biased", dual.load_data(data_cfg), None)
-    assert means.tolist() == pytest.approx([dual.set_loss(ref, c, "none", 8, 12345 + i, "cpu") for i, c in enumerate(cons)])
+    assert means.tolist() == pytest.approx([dual_bounds.set_loss(ref, c, "none", 8, 12345 + i, "cpu") for i, c in enumerate(cons)])
     assert torch.allclose(state["extra.tracker.running"], means, atol=1e-5), "l_theta - l_ref + L_ref with theta = ref"
 
     for estimate in ("plain", "paired"):
@@ -225,3 +227,20 @@ def test_paired_slack_estimate_leaves_the_primal_step_and_tracks_the_control_var
     for k in (k for k in sa if k.startswith("model.")):
         assert torch.equal(sa[k], sb[k]), k
     assert not torch.allclose(sa["extra.tracker.running"], sb["extra.tracker.running"]), "the tracked estimates differ"
+
+
+def test_paired_every_k_runs_the_reference_on_every_kth_step_only(tmp_path, reference, cached_data):
+    """--paired-every 2: the same primal steps as every-step pairing (lambda 0), and only the even-numbered steps'
+    estimates reach the tracker."""
+    args = [*TINY, "--bounds", "0.1,0.1,0.1", "--init", str(reference), "--dual-start", "8", "--dual-every", "4",
+            "--slack-estimate", "paired", "--steps", "3"]
+    states = {}
+    for k in ("1", "2"):
+        main([*args, "--paired-every", k, "--outdir", str(tmp_path / k)])
+        (run,) = (tmp_path / k).iterdir()
+        states[k] = load_file(str(run / "state.safetensors"))
+    assert states["1"]["extra.tracker.count"].item() == 3 and states["2"]["extra.tracker.count"].item() == 1
+    for key in (k for k in states["1"] if k.startswith("model.")):
+        assert torch.equal(states["1"][key], states["2"][key]), key
+    ((run,),) = [list((tmp_path / "2").iterdir())]
+    assert json.loads((run / "training_options.json").read_text())["options"]["paired_every"] == 2

@@ -13,7 +13,8 @@ step (1.375x with the defaults: 64 + 3 x 8).
 
 ``--slack-estimate paired`` feeds the dual step ``l_theta - l_ref + L(ref; q_i)`` instead of the plain batch means, with
 a frozen reference run on the same constraint images, timesteps and noise (``fair_core.constrained.paired_estimate``):
-the same expectation, a sixth of the noise, one extra no-grad forward of the constraint images per step.
+the same expectation, a sixth of the noise, one extra no-grad forward of the constraint images per step
+(``--paired-every k``: on every k-th step only, and the dual step averages those; 1/k of the cost).
 
 Constraint sets (``--constraints``): each is '+'-joined digits and/or colours, e.g. ``4`` (the digit 4), ``4+5``,
 ``green`` (every green Colored-MNIST image), ``7+green`` (green sevens): any listed digit, and any listed colour.
@@ -37,7 +38,6 @@ from pathlib import Path
 
 import torch
 
-from fair_core import checkpoints
 from fair_core import constrained as C
 from fair_core.errors import FairSamplingError, check_choice, check_range
 from fair_core.models import CONDITIONS
@@ -45,6 +45,8 @@ from fair_core.models import CONDITIONS
 from . import cli
 from .data import COLOURS, NUM_DIGITS, ImageSet
 from .data import load as load_data
+from .dual_bounds import (load_reference, parse_bounds, parse_margins, reference_losses, resolve_bounds, set_loss,
+                          stratified_timesteps)
 from .dsm import export, new_model, training_record
 from .runs import EMA, Loop, load_state, pick_device, step_generator
 
@@ -92,6 +94,9 @@ def add_parser(sub) -> None:
                    help="estimate of L(theta; q_i) fed to the dual step: plain batch means, or paired with a frozen reference "
                         "model on the same images, timesteps and noise (l_theta - l_ref + L_ref, a control variate: ~6x less "
                         "noise on grey MNIST, for one extra no-grad forward of the constraint images)")
+    g.add_argument("--paired-every", type=int, default=1,
+                   help="run the frozen reference of --slack-estimate paired on every k-th primal step only (k divides "
+                        "--dual-every); the dual step then averages those k-th steps' estimates: 1/k of the extra cost")
     g.add_argument("--slack-reference", default=None,
                    help="the frozen model of --slack-estimate paired (same image size and condition); default: "
                         "--bound-reference, else --init")
@@ -124,32 +129,6 @@ def parse_constraints(text: str, minority: tuple[int, ...]) -> list[tuple[tuple[
     return sets
 
 
-def parse_margins(text, m: int) -> list[float]:
-    """``--bound-margin``: one margin (for every set) or one per set, each > -1 (a float from an older options file too)."""
-    try:
-        values = [float(v) for v in str(text).split(",")]
-    except ValueError as e:
-        raise FairSamplingError(f"--bound-margin must be a number or comma-separated numbers, got {text!r}") from e
-    if len(values) not in (1, m):
-        raise FairSamplingError(f"--bound-margin needs one value or one per constraint set ({m}), got {len(values)}: {text!r}")
-    for v in values:
-        check_range("--bound-margin", v, -1.0, low_open=True)
-    return values * m if len(values) == 1 else values
-
-
-def parse_bounds(text: str, m: int) -> torch.Tensor | None:
-    """None for 'auto', else one non-negative bound per constraint set."""
-    if text.strip() == "auto":
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError as e:
-        raise FairSamplingError(f"--bounds must be 'auto' or comma-separated numbers, got {text!r}") from e
-    if len(values) != m:
-        raise FairSamplingError(f"--bounds needs one value per constraint set ({m}), got {len(values)}: {text!r}")
-    return C.check_bounds(values)
-
-
 def check_options(opts: dict) -> list[tuple[int, ...]]:
     sets = parse_constraints(opts["constraints"], cli.data_config(opts).minority_classes)
     check_choice("--constraint-source", opts["constraint_source"], SOURCES)
@@ -163,6 +142,10 @@ def check_options(opts: dict) -> list[tuple[int, ...]]:
     check_range("--dual-lr", opts["dual_lr"], 0.0, low_open=True)
     check_range("--dual-every", opts["dual_every"], 1, integer=True)
     check_range("--dual-start", opts["dual_start"], 0, integer=True)
+    check_range("--paired-every", opts.get("paired_every", 1), 1, integer=True)
+    if opts["dual_every"] % opts.get("paired_every", 1):
+        raise FairSamplingError(f"--paired-every must divide --dual-every ({opts['dual_every']}) so that every dual step sees "
+                                f"paired estimates, got {opts['paired_every']}")
     check_range("--bound-eval", opts["bound_eval"], 1, integer=True)
     parse_margins(opts["bound_margin"], len(sets))
     check_range("--alpha", opts["alpha"], 0.0, low_open=True)
@@ -210,39 +193,6 @@ def constraint_sets(sets, source: str, data: ImageSet, data_cfg) -> list[ImageSe
                                     f"the data {tuple(data.images([0]).shape[1:])}")
         out.append(sub)
     return out
-
-
-def stratified_timesteps(n: int, steps: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` timesteps, one uniform in each n-th of [0, steps), in random order (drawn on the CPU)."""
-    t = ((torch.arange(n) + torch.rand(n, generator=generator)) * steps / n).long().clamp_max(steps - 1)
-    return t[torch.randperm(n, generator=generator)]
-
-
-@torch.no_grad()
-def set_loss(model, images: ImageSet, condition: str, n: int, seed: int, device) -> float:
-    """``L(theta; q)`` on the first ``n`` images (cycled) of a set, at fixed timesteps and noise: comparable across
-    models and the same on every device.
-
-    The per-image loss depends mostly on its timestep, so the timesteps are stratified (one in each n-th of [0, T),
-    assigned to the images at random): with plain uniform draws, 512 images give an estimate that moves by 2-3 %
-    with the seed, as much as the bound margins. Timesteps and noise are drawn on the CPU (the CPU and CUDA
-    generators draw different numbers from one seed).
-    """
-    was_training = model.training
-    model.eval()
-    idx = torch.arange(n) % len(images)
-    g = torch.Generator().manual_seed(seed)
-    steps = model.cfg.num_train_timesteps
-    t = stratified_timesteps(n, steps, g)
-    g_dev = torch.Generator(device=device).manual_seed(seed)  # class dropout of conditional models only
-    total = 0.0
-    for chunk, t_chunk in zip(idx.split(256), t.split(256)):
-        x0, labels = images.images(chunk), images.labels(condition, chunk)
-        noise = torch.randn(x0.shape, generator=g)
-        total += model.loss(x0.to(device), None if labels is None else labels.to(device), t=t_chunk.to(device),
-                            noise=noise.to(device), generator=g_dev).sum().item()
-    model.train(was_training)
-    return total / n
 
 
 def main(args: argparse.Namespace) -> None:
@@ -331,7 +281,8 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
         loss_data = per_sample[: opts["batch"]].mean()
         losses = per_sample[opts["batch"]:].view(len(cons), opts["dual_batch"]).mean(1)
         tracked = losses
-        if control is not None:
+        paired_now = control is not None and (step + 1) % opts.get("paired_every", 1) == 0
+        if paired_now:
             b = opts["batch"]
             with torch.no_grad():
                 ref_losses = control[0].loss(x0[b:], None if labels is None else labels[b:], t=t[b:], noise=noise[b:],
@@ -344,7 +295,8 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
         lagrangian.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        state["tracker"].add(tracked)
+        if control is None or paired_now:
+            state["tracker"].add(tracked)
         if (step + 1) % opts["dual_every"] == 0:
             mean_losses = state["tracker"].take_mean()
             if step + 1 > opts["dual_start"]:
@@ -357,38 +309,12 @@ def make_step_fn(opts: dict, model, opt, data: ImageSet, cons: list[ImageSet], n
     return step_fn
 
 
-def load_reference(path: str, option: str, cons: list[ImageSet], condition: str, device):
-    """A diffusion checkpoint that must model the constraint sets' images under this run's condition."""
-    ref = checkpoints.load(path, kind=checkpoints.DIFFUSION_KINDS, device=device).model
-    if ref.cfg.channels != cons[0].channels or ref.cfg.sample_size != cons[0].images([0]).shape[-1]:
-        raise FairSamplingError(f"{option} {path!r} models {ref.cfg.channels}x{ref.cfg.sample_size}px images; "
-                                f"the constraint sets are {cons[0].channels}x{cons[0].images([0]).shape[-1]}px")
-    if ref.cfg.condition != condition:
-        raise FairSamplingError(f"{option} {path!r} has condition={ref.cfg.condition!r}, this run {condition!r}")
-    return ref
-
-
-def reference_losses(ref, cons: list[ImageSet], condition: str, opts: dict, device) -> torch.Tensor:
-    """``L(theta_ref; q_i)`` of every set, ``--bound-eval`` images each at fixed draws (:func:`set_loss`)."""
-    return torch.tensor([set_loss(ref, c, condition, opts["bound_eval"], 12345 + i, device) for i, c in enumerate(cons)])
-
-
-def resolve_bounds(opts: dict, cons: list[ImageSet], condition: str, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The bounds, and the reference's set losses they were set from (None for explicit bounds)."""
-    explicit = parse_bounds(opts["bounds"], len(cons))
-    if explicit is not None:
-        return explicit, None
-    ref = load_reference(opts["bound_reference"], "--bound-reference", cons, condition, device)
-    reference = reference_losses(ref, cons, condition, opts, device)
-    log.info("reference losses %s", reference.tolist())
-    return C.default_bounds(reference, parse_margins(opts["bound_margin"], len(cons))), reference
-
-
 def final_record(model, cons, names, sets, bounds, lambdas, alpha, opts, condition, device) -> dict:
     """The ``constraints`` metadata of the export: sets, bounds, final lambdas, relaxation and slacks (EMA model, fixed noise)."""
     losses = torch.tensor([set_loss(model, c, condition, opts["bound_eval"], 54321 + i, device) for i, c in enumerate(cons)])
     u = torch.zeros_like(lambdas) if alpha is None else C.resilient_relaxation(lambdas, alpha)
-    return {"names": names, "sets": [{"digits": list(d), "colours": [COLOURS[c] for c in c_]} for d, c_ in sets], "source": opts["constraint_source"], "sizes": [len(c) for c in cons],
+    return {"names": names, "sets": [{"digits": list(d), "colours": [COLOURS[c] for c in c_]} for d, c_ in sets],
+            "source": opts["constraint_source"], "sizes": [len(c) for c in cons],
             "bounds": bounds.tolist(), "bound_rule": "explicit" if opts["bounds"].strip() != "auto" else
             f"auto: (1 + {opts['bound_margin']}) * loss of {Path(opts['bound_reference']).name}",
             "lambdas": lambdas.tolist(), "mode": opts["relaxation"], "alpha": alpha, "relaxation": u.tolist(),
@@ -396,5 +322,5 @@ def final_record(model, cons, names, sets, bounds, lambdas, alpha, opts, conditi
             "mixture_weights": C.mixture_weights(lambdas).tolist(),
             "dual": {"lr": opts["dual_lr"], "every": opts["dual_every"], "start": opts["dual_start"], "batch": opts["dual_batch"],
                      "init": opts["init"], "constraint_timesteps": opts.get("constraint_timesteps", "uniform"),
-                     "slack_estimate": opts.get("slack_estimate", "plain"),
+                     "slack_estimate": opts.get("slack_estimate", "plain"), "paired_every": opts.get("paired_every", 1),
                      "slack_reference": slack_reference(opts) if opts.get("slack_estimate") == "paired" else None}}

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from fair_core import checkpoints
-from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, discriminator_loss, log_ratio, log_ratio_and_grad,
-                                     tiw_dsm_loss)
+from fair_core.density_ratio import (DISC_POOLS, DiscriminatorConfig, TimeDependentDiscriminator, discriminator_loss, log_ratio,
+                                     log_ratio_and_grad, tiw_dsm_loss)
 from fair_core.denoiser import DiscreteVPDenoiser
 from fair_core.errors import DataError, FairSamplingError, check_range
 from fair_core.models import CONDITIONS, config_from_dict
@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("discriminator")
     g.add_argument("--discriminator", default=None, metavar="PATH", help="use this 'discriminator' checkpoint instead of training one")
     g.add_argument("--disc-model", default="small", choices=list(DISC_WIDTHS), help="discriminator CNN widths")
+    g.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS),
+                   help="discriminator head: global average of the last map (translation invariant) or the whole map (dense, "
+                        "position-aware, as the official code's attention-pooled classifier)")
     g.add_argument("--disc-steps", type=int, default=2000, help="discriminator optimisation steps")
     g.add_argument("--disc-lr", type=float, default=1e-3, help="discriminator Adam learning rate")
     g.add_argument("--disc-schedule", default="constant", choices=DISC_SCHEDULES,
@@ -111,7 +114,7 @@ def draw_t(model: DiscreteVPDenoiser, n: int, g: torch.Generator) -> torch.Tenso
 def train_discriminator(opts, run_dir: Path, bias, ref, schedule: DiscreteVPDenoiser, device) -> TimeDependentDiscriminator:
     """Stage 1, resumable in ``run_dir/discriminator``; exported to ``run_dir/discriminator.safetensors``."""
     cfg = DiscriminatorConfig(arch="cnn", channels=bias.channels, sample_size=28, widths=DISC_WIDTHS[opts["disc_model"]],
-                              prior_ref=0.5, clip=opts["clip"])
+                              pool=opts.get("disc_pool", "mean"), prior_ref=0.5, clip=opts["clip"])
     torch.manual_seed(opts["seed"] + 1)
     disc = TimeDependentDiscriminator(cfg).to(device)
     opt = torch.optim.Adam(disc.parameters(), lr=opts["disc_lr"])
