@@ -1,5 +1,6 @@
 """Training commands: dry run, options file, export metadata, exact resume (also after SIGKILL), bad options."""
 import json
+import math
 import os
 import re
 import signal
@@ -118,3 +119,13 @@ def test_init_starts_from_the_given_checkpoint(tmp_path):
     assert torch.allclose(wa, wb, atol=1e-5)
     assert (wa - wc).abs().max() > 1e-2
     assert b.training["init"] == str(tmp_path / "a.safetensors") and c.training["init"] is None
+
+
+def test_progress_smoothing_starts_at_the_first_finite_value():
+    from training.runs import smoothed
+
+    s = smoothed({}, {"slack": math.nan, "loss": 1.0})
+    s = smoothed(s, {"slack": 0.2, "loss": 0.0})
+    assert s["slack"] == 0.2 and s["loss"] == pytest.approx(0.95)
+    assert smoothed(s, {"slack": 0.4, "loss": 0.0})["slack"] == pytest.approx(0.21)
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ class Loop:
                 step += 1
                 if self.ema is not None:
                     self.ema.update(self.model, step)
-                smooth = {k: v if k not in smooth else 0.95 * smooth[k] + 0.05 * v for k, v in scalars.items()}
+                smooth = smoothed(smooth, scalars)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in smooth.items()}, refresh=False)
                 bar.update(1)
                 if step % self.log_every == 0 or step == self.steps:
@@ -180,6 +181,12 @@ class Loop:
                     log.warning("time limit of %s min reached at step %d; state saved, resume with --resume %s", self.time_limit_min, step, self.run_dir)
                     break
         return step
+
+
+def smoothed(smooth: dict[str, float], scalars: dict[str, float], beta: float = 0.05) -> dict[str, float]:
+    """The progress bar's EMA of each scalar; a value that is not yet finite (a slack before its first estimate)
+    is replaced by the next one instead of turning the average into NaN for good."""
+    return {k: v if not math.isfinite(smooth.get(k, math.nan)) else (1 - beta) * smooth[k] + beta * v for k, v in scalars.items()}
 
 
 def adam_ema_resume(model, opts: dict, run_dir: Path, device):
