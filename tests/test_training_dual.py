@@ -167,6 +167,7 @@ def test_auto_bounds_export_metadata_and_exact_resume(tmp_path, reference, cache
     assert rec["dual"]["start"] == 2 and rec["dual"]["init"] == str(reference)
     assert rec["dual"]["slack_estimate"] == estimate
     assert rec["dual"]["slack_reference"] == (str(reference) if estimate == "paired" else None)
+    assert rec["dual"]["paired_every"] == 1
     assert ("extra.slack_reference_means" in sa) == (estimate == "paired")
     if estimate == "paired":  # the bound reference is the slack reference: its set losses serve both
         assert sa["extra.slack_reference_means"].tolist() == pytest.approx([b / 0.95 for b in rec["bounds"]], rel=1e-5)
