@@ -65,7 +65,9 @@ def test_dry_run_validates_and_writes_nothing(tmp_path, capsys):
     (["--bounds", "0.1,0.1,0.1", "--bound-margin", "small"], "--bound-margin must be a number or comma-separated numbers"),
     (["--bounds", "0.1,0.1,0.1", "--slack-estimate", "paired"], r"--slack-estimate paired needs a frozen reference model: --slack-reference"),
     (["--bounds", "0.1,0.1,0.1", "--paired-every", "0"], r"--paired-every must be in \[1, inf\], got 0"),
-    (["--bounds", "0.1,0.1,0.1", "--paired-every", "3"], r"--paired-every must divide --dual-every \(2\) .*, got 3"),
+    (["--bounds", "0.1,0.1,0.1", "--paired-every", "3", "--slack-estimate", "paired", "--slack-reference", "x.safetensors"],
+     r"--paired-every must divide --dual-every \(2\) .*, got 3"),
+    (["--bounds", "0.1,0.1,0.1", "--paired-every", "2"], r"--paired-every applies to --slack-estimate paired only, got 2"),
 ])
 def test_bad_options_exit_with_a_clear_message(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:

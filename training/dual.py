@@ -143,6 +143,9 @@ def check_options(opts: dict) -> list[tuple[int, ...]]:
     check_range("--dual-every", opts["dual_every"], 1, integer=True)
     check_range("--dual-start", opts["dual_start"], 0, integer=True)
     check_range("--paired-every", opts.get("paired_every", 1), 1, integer=True)
+    if opts.get("paired_every", 1) != 1 and opts.get("slack_estimate", "plain") != "paired":
+        raise FairSamplingError(f"--paired-every applies to --slack-estimate paired only, got {opts['paired_every']} with "
+                                f"--slack-estimate {opts.get('slack_estimate', 'plain')}")
     if opts["dual_every"] % opts.get("paired_every", 1):
         raise FairSamplingError(f"--paired-every must divide --dual-every ({opts['dual_every']}) so that every dual step sees "
                                 f"paired estimates, got {opts['paired_every']}")
