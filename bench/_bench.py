@@ -60,7 +60,7 @@ def add_eval_parser(sub, chart: str):
     e.add_argument("--steps", type=int, default=20)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", default=None)
-    e.add_argument("--png", default=None, help=f"also chart {chart} with 95 % intervals here")
+    e.add_argument("--png", default=None, help=f"also chart {chart} with 95 %% intervals here")
     e.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     return e
 

