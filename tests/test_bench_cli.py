@@ -77,8 +77,9 @@ def test_dual_plan_scratch_pairs_with_the_dsm_model(capsys):
 def test_dual_fid_writes_one_finite_figure_per_model(capsys, tmp_path):
     model = str(BENCH.parent / "models" / "mnist457_dual.safetensors")
     out = tmp_path / "fid.json"
-    code, _ = run_script(BENCH / "bench_dual_mnist.py", ["fid", model, model, "--n", "4", "--steps", "2", "--json", str(out)], capsys)
-    results = json.loads(out.read_text())
-    assert code == 0 and [r["path"] for r in results] == [model, model]
-    assert all(r["n"] == 4 and 0 < r["inception_fid"] < float("inf") for r in results)
+    code, _ = run_script(BENCH / "bench_dual_mnist.py", ["fid", model, model, "--n", "4", "--steps", "2", "--floor", "--json", str(out)],
+                         capsys)
+    floor, *results = json.loads(out.read_text())
+    assert code == 0 and floor["path"].startswith("real test digits") and [r["path"] for r in results] == [model, model]
+    assert all(r["n"] == 4 and 0 < r["inception_fid"] < float("inf") for r in [floor, *results])
     assert results[0]["inception_fid"] == results[1]["inception_fid"]  # same model, seed and real digits
