@@ -33,7 +33,8 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$W/logs" "$OUT"
 T0=$(date +%s)
 stage() { echo "== $(date +%T) (+$(($(date +%s) - T0)) s) $*"; }
-left() { awk -v d=$((T0 + ${1:-0})) -v n="$(date +%s)" -v m="$TRAIN_MIN" 'BEGIN { x = m - (n - d) / 60; printf "%.2f", x < 0.05 ? 0.05 : x }'; }
+# left: minutes to the training deadline, at least 0.05 (a --time-limit of 0 would mean none)
+left() { awk -v d="$T0" -v n="$(date +%s)" -v m="$TRAIN_MIN" 'BEGIN { x = m - (n - d) / 60; printf "%.2f", x < 0.05 ? 0.05 : x }'; }
 job() {  # job NAME COMMAND...: in the background, logged to $W/logs/NAME.log
     local name=$1; shift
     ( "$@" >"$W/logs/$name.log" 2>&1; rc=$?; echo "-- $(date +%T) $name exit $rc" ) &
