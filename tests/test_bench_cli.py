@@ -42,6 +42,8 @@ def test_every_help_prints(path, capsys):
 
 
 def dual_plan_lines(capsys, *args) -> dict[str, list[str]]:
+    """The plan's training commands by trainer (``dsm`` / ``dual``); in the fine-tuning form the later ``dsm`` line,
+    the control, replaces the first."""
     code, out = run_script(BENCH / "bench_dual_mnist.py", ["plan", *args], capsys)
     assert code == 0
     lines = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]

@@ -128,4 +128,3 @@ def test_progress_smoothing_starts_at_the_first_finite_value():
     s = smoothed(s, {"slack": 0.2, "loss": 0.0})
     assert s["slack"] == 0.2 and s["loss"] == pytest.approx(0.95)
     assert smoothed(s, {"slack": 0.4, "loss": 0.0})["slack"] == pytest.approx(0.21)
-
