@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from _bench import add_eval_parser, add_run_options, run_plan, write_json  # noqa: E402
 from fair_core import checkpoints, evaluation, plots  # noqa: E402
-from fair_core.density_ratio import DISC_POOLS  # noqa: E402
-from training.tiw import DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
+from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS  # noqa: E402
+from training.discriminator import DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
 
 METHODS = {"dsm": "DSM on D_bias", "ref": "DSM on D_ref only", "iw": "IW only (w(x0))", "tiw": "TIW-DSM"}
 S_PER_STEP = {"dsm": 1.0, "ref": 1.0, "iw": 1.05, "tiw": 1.15}  # mnist-s, batch 64, 2 threads (bench/RESULTS.md)
@@ -53,8 +53,10 @@ DEFAULT_INIT = "models/colored_mnist_dsm.safetensors"
 def export_path(a, method: str, fraction: float) -> Path:
     form = "ft" if a.mode == "finetune" else "scratch"
     model = "tiny_" if a.scale == "smoke" else ""
-    dense = "_dense" if method in ("tiw", "iw") and getattr(a, "disc_pool", "mean") == "dense" else ""  # older exports keep their names
-    return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{dense}.safetensors"
+    disc = ""  # older exports keep their names
+    if method in ("tiw", "iw"):
+        disc = ("_dense" if getattr(a, "disc_pool", "mean") == "dense" else "") + ("_weighted" if getattr(a, "disc_objective", "bce") == "weighted" else "")
+    return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{disc}.safetensors"
 
 
 def discriminator_of(tiw_export: Path) -> str:
@@ -86,6 +88,8 @@ def commands(a) -> dict:
         disc = ["--disc-model", "tiny" if smoke else a.disc_model, "--disc-steps", str(3 if smoke else a.disc_steps),
                 "--disc-schedule", a.disc_schedule, "--disc-pool", a.disc_pool]
         disc += ["--disc-batch", str(a.disc_batch)] if a.disc_batch else []
+        disc += ["--disc-objective", "weighted"] if a.disc_objective == "weighted" else []
+        disc += ["--disc-teacher", a.disc_teacher] if a.disc_teacher else []
         cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, "--export", out["tiw"]]
         cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw",
                                                        "--discriminator", discriminator_of(Path(out["tiw"])), "--export", out["iw"]])
@@ -186,6 +190,8 @@ def main() -> None:
         s.add_argument("--disc-model", default="small", choices=[m for m in DISC_WIDTHS if m != "tiny"])
         s.add_argument("--disc-schedule", default="constant", choices=list(DISC_SCHEDULES))
         s.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS), help="the trainer's option")
+        s.add_argument("--disc-objective", default="bce", choices=list(DISC_OBJECTIVES), help="the trainer's option")
+        s.add_argument("--disc-teacher", default=None, help="the trainer's option (with --disc-objective weighted)")
         s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                        help="which of the four models to train and evaluate (iw needs the tiw run's discriminator)")
         add_run_options(s, "bench/out/tiw_ft", "tiny models, 3 steps, 16 samples")

@@ -13,10 +13,15 @@ for two diffusion models of the same architecture, one trained on the biased dat
 ``D_ref(x_t) - D_bias(x_t) = sigma^2 (grad log p_ref,t - grad log p_bias,t) = sigma^2 grad log w_t`` if both were
 exact. On biased test images (90:10) noised to each sigma it reports the median cosine between the correction
 ``sigma^2 grad log w_t`` and that model difference, their norm ratio, and the mean green-minus-red shift of each.
+
+``--guide BIASED`` samples the biased model with the correction added at sampling time (``CorrectedDenoiser``:
+``D + gamma sigma^2 grad log w_t``, at gamma 1 the pointwise minimiser TIW-DSM trains towards) and reports the colour
+share, FD and quality per gamma: how far the discriminator's correction can move the colour before any training.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -24,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _bench import write_json  # noqa: E402
-from fair_core import checkpoints  # noqa: E402
+from fair_core import checkpoints, evaluation  # noqa: E402
 from fair_core.density_ratio import log_ratio_and_grad, ratio  # noqa: E402
 from training.data import DataConfig, load  # noqa: E402
 
@@ -37,6 +42,12 @@ def main():
     p.add_argument("discriminator")
     p.add_argument("--n", type=int, default=500, help="test images per colour")
     p.add_argument("--against", nargs=2, metavar=("BIASED", "REFERENCE"), help="diffusion models to compare the correction with")
+    p.add_argument("--guide", default=None, metavar="BIASED",
+                   help="also sample this biased model with the correction added at sampling time, D + gamma sigma^2 grad log w_t "
+                        "(what a TIW-DSM model learns to be, at gamma 1), and report the colour and quality of each gamma")
+    p.add_argument("--gammas", default="0,1,2", help="--guide: scales of the correction, comma-separated")
+    p.add_argument("--band", default=None, metavar="LO:HI", help="--guide: apply gamma only where LO <= sigma < HI (1 elsewhere)")
+    p.add_argument("--guide-n", type=int, default=500, help="--guide: samples per gamma")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args()
@@ -57,6 +68,9 @@ def main():
             out["median_w"][colour][s] = round(float(w.median()), 3)
     if args.against:
         out["correction_vs_model_difference"] = compare_gradient(disc, *args.against, args.n, device)
+    if args.guide:
+        band = tuple(float(v) for v in args.band.split(":")) if args.band else (0.0, math.inf)
+        out["guided"] = [guided_sampling(disc, args.guide, float(gm), band, args.guide_n, device) for gm in args.gammas.split(",")]
     write_json(out, args.json)
 
 
@@ -83,6 +97,33 @@ def compare_gradient(disc, biased: str, reference: str, n: int, device=torch.dev
                   "green_minus_red_correction": round(green_minus_red(correction), 4),
                   "green_minus_red_model_difference": round(green_minus_red(delta), 4)}
     return out
+
+
+class CorrectedDenoiser(torch.nn.Module):
+    """``D(x, sigma) + gamma sigma^2 grad_x log w_t(x)`` for ``band[0] <= sigma < band[1]`` (gamma 1 elsewhere): the
+    pointwise minimiser of TIW-DSM built from the biased model, so sampling it shows what the correction can do
+    before any training."""
+
+    def __init__(self, model, disc, gamma: float, band: tuple[float, float]):
+        super().__init__()
+        self.model, self.disc, self.gamma, self.band = model, disc, gamma, band
+        self.cfg, self.sigma_min, self.sigma_max, self.sigmas = model.cfg, model.sigma_min, model.sigma_max, model.sigmas
+
+    def forward(self, x, sigma, class_labels=None, **kwargs):
+        s = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0])
+        gamma = torch.where((s >= self.band[0]) & (s < self.band[1]), self.gamma, 1.0)
+        correction = (gamma * s**2).view(-1, 1, 1, 1) * log_ratio_and_grad(self.disc, x.float(), s)[1]
+        return self.model(x, sigma, class_labels=class_labels, **kwargs) + correction.to(x.dtype)
+
+
+def guided_sampling(disc, biased: str, gamma: float, band: tuple[float, float], n: int, device) -> dict:
+    clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier", device=device).model
+    model = CorrectedDenoiser(checkpoints.load(biased, device=device).model, disc, gamma, band)
+    with torch.no_grad():
+        report, _ = evaluation.evaluate(model, clf, n, 20, seed=0, device=device, disable=True)
+    c = report["colour"]
+    return {"biased": biased, "gamma": gamma, "band": list(band), "n": n, "green": round(c["proportions"][1], 4),
+            "fd": round(c["fd"], 4), "quality": round(report["quality"]["classifier_feature_fd"], 2)}
 
 
 if __name__ == "__main__":

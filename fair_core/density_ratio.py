@@ -14,6 +14,10 @@ the Bayes-optimal output is ``d* = pi p_ref,t / (pi p_ref,t + (1 - pi) p_bias,t)
 With balanced batches (``pi = 0.5``, what ``training/tiw.py`` does) ``w_t = d / (1 - d)``; with the whole
 unbalanced sets in each batch it is ``(n_bias / n_ref) * d / (1 - d)``.
 
+**Or from clean ratios** (``DISC_OBJECTIVES`` ``"weighted"``, :func:`weighted_discriminator_loss`): given the clean
+images' ratio ``w0(x0)`` (easy at ``sigma ~ 0``, where the attribute is plainly visible), the same ``d`` is learned
+from noised *biased* images alone, because ``w_t(x) = E_bias[w0(x0) | x]``.
+
 **Clipping** (``DiscriminatorConfig.clip``, default ``1e-5`` as in the official code): ``d`` is clipped to
 ``[clip, 1 - clip]``, i.e. the logit ``f`` to ``[logit(clip), -logit(clip)]`` (+-11.5 by default), so
 ``|log w_t| <= 11.5 + |log((1 - pi) / pi)|``. Where the clip is active ``grad_x log w_t`` is 0 (the gradient of a
@@ -64,6 +68,7 @@ from .errors import ConfigError, FairSamplingError, check_choice, check_range
 
 TIW_MODES = ("tiw", "weight", "correction", "none")
 DISC_POOLS = ("mean", "dense")
+DISC_OBJECTIVES = ("bce", "weighted")  # how the time-dependent discriminator is trained (see the two loss functions)
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,24 @@ def discriminator_loss(disc: nn.Module, x_ref: torch.Tensor, sigma_ref: torch.Te
     return F.binary_cross_entropy_with_logits(logits, labels)
 
 
+def weighted_discriminator_loss(disc: nn.Module, x_bias: torch.Tensor, sigma: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with the reference half replaced by importance-weighted biased samples (``DISC_OBJECTIVES`` "weighted").
+
+    ``x_bias = x0 + sigma n`` with ``x0 ~ p_bias`` and ``w0 = w(x0) = p_ref(x0) / p_bias(x0)`` (the clean images'
+    ratio, e.g. a first discriminator's at ``sigma_min``). Since ``E_ref[g(x0)] = E_bias[w0(x0) g(x0)]``, the balanced
+    cross-entropy ``-E_ref[log d] - E_bias[log(1 - d)]`` equals
+
+        L_w = -E_bias[ w0(x0) log d(x, sigma) + log(1 - d(x, sigma)) ],
+
+    whose minimiser is ``d / (1 - d) = E_bias[w0(x0) | x] = p_ref,t(x) / p_bias,t(x) = w_t(x)``, the same ratio as the
+    balanced discriminator's (``prior_ref = 0.5``). Both terms see the *same* noised image, so the label noise of
+    "which set did it come from" is replaced by its expectation given ``x0`` (a Rao-Blackwellised target), and every
+    image of the large biased set is used, not the few reference images.
+    """
+    f = disc(x_bias, sigma)
+    return (w0.to(f.dtype) * F.softplus(-f) + F.softplus(f)).mean()
+
+
 def log_ratio(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """``log w_t(x) = clamp(f, logit(clip), -logit(clip)) + log((1 - pi) / pi)``, shape (N,). Raises on NaN/inf."""
     cfg = disc.cfg
@@ -219,7 +242,6 @@ def tiw_dsm_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, 
     if mode in ("tiw", "weight"):
         err = err * log_w.float().exp()
     return err
-
 
 
 def describe_tiw_training(training: dict) -> str:

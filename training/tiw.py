@@ -1,9 +1,9 @@
 """``python -m training tiw``: TIW-DSM (Kim et al., ICLR 2024): a time-dependent discriminator, then the score model.
 
-Stage 1 (skipped with ``--discriminator PATH``): a :class:`fair_core.density_ratio.TimeDependentDiscriminator` learns
-to tell noised reference images (label 1) from noised biased images (label 0), with balanced batches (half each,
-both halves at the same noise levels, drawn like the score model's), so ``w_t = d / (1 - d)`` (``prior_ref = 0.5``).
-It is exported as ``discriminator.safetensors`` (kind ``discriminator``) in the run folder.
+Stage 1 (skipped with ``--discriminator PATH``; ``training/discriminator.py``): a
+:class:`fair_core.density_ratio.TimeDependentDiscriminator` learns ``w_t``, by default (``--disc-objective bce``) by
+telling noised reference images (label 1) from noised biased images (label 0) in balanced batches, so
+``w_t = d / (1 - d)``. It is exported as ``discriminator.safetensors`` (kind ``discriminator``) in the run folder.
 
 Stage 2: the UNet trains on the union of D_bias and D_ref (indices drawn uniformly from both). Biased images get the
 TIW-DSM loss (weight ``w_t(x)``, denoiser target ``x0 + sigma^2 grad log w_t(x)``); reference images get the plain
@@ -22,22 +22,19 @@ from pathlib import Path
 
 import torch
 
-from fair_core import checkpoints
-from fair_core.density_ratio import (DISC_POOLS, DiscriminatorConfig, TimeDependentDiscriminator, discriminator_loss, log_ratio,
-                                     log_ratio_and_grad, tiw_dsm_loss)
+from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS, DiscriminatorConfig, log_ratio, log_ratio_and_grad, tiw_dsm_loss
 from fair_core.denoiser import DiscreteVPDenoiser
 from fair_core.errors import DataError, FairSamplingError, check_range
-from fair_core.models import CONDITIONS, config_from_dict
+from fair_core.models import CONDITIONS
 
 from . import cli
 from .data import load as load_data
 from .dsm import export, new_model, training_record
-from .runs import Loop, adam_ema_resume, load_state, pick_device, step_generator
+from .discriminator import DISC_SCHEDULES, DISC_WIDTHS, check_discriminator_file, get_discriminator
+from .runs import Loop, adam_ema_resume, pick_device, step_generator
 
 log = logging.getLogger(__name__)
 
-DISC_WIDTHS = {"tiny": (8, 16), "small": (32, 64, 64), "medium": (64, 128, 128)}
-DISC_SCHEDULES = ("constant", "cosine")
 LOSS_MODES = ("tiw", "weight", "correction", "iw", "none")
 
 
@@ -58,6 +55,11 @@ def add_parser(sub) -> None:
     g.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS),
                    help="discriminator head: global average of the last map (translation invariant) or the whole map (dense, "
                         "position-aware, as the official code's attention-pooled classifier)")
+    g.add_argument("--disc-objective", default="bce", choices=list(DISC_OBJECTIVES),
+                   help="bce: reference vs biased images (paper); weighted: biased images alone, weighted by the clean ratio "
+                        "w0(x0) of a bce teacher, so w_t = E_bias[w0 | x_t] is learned from the large set")
+    g.add_argument("--disc-teacher", default=None, metavar="PATH",
+                   help="with --disc-objective weighted: the bce 'discriminator' checkpoint that gives w0 (default: train one first)")
     g.add_argument("--disc-steps", type=int, default=2000, help="discriminator optimisation steps")
     g.add_argument("--disc-lr", type=float, default=1e-3, help="discriminator Adam learning rate")
     g.add_argument("--disc-schedule", default="constant", choices=DISC_SCHEDULES,
@@ -83,18 +85,11 @@ def check_options(opts: dict) -> None:
     if opts["discriminator"] is None:
         DiscriminatorConfig(clip=opts["clip"])  # raises on a bad --clip before any work
     else:  # a wrong file fails here, before a run folder is made
-        meta = checkpoints.read_metadata(opts["discriminator"])
-        if meta["kind"] != "discriminator":
-            raise FairSamplingError(f"--discriminator {opts['discriminator']!r} is a {meta['kind']!r} checkpoint; "
-                                    "expected kind 'discriminator'")
-        check_discriminator_shape(opts["discriminator"], config_from_dict(DiscriminatorConfig, meta["config"]), opts)
-
-
-def check_discriminator_shape(path, cfg: DiscriminatorConfig, opts: dict) -> None:
-    want = (3 if opts["data"] == "colored-mnist" else 1, 28)
-    if cfg.arch != "cnn" or (cfg.channels, cfg.sample_size) != want:
-        raise FairSamplingError(f"--discriminator {str(path)!r} takes {cfg.arch} input with {cfg.channels} channels and size "
-                                f"{cfg.sample_size}; this data needs a cnn with {want[0]} channels and size {want[1]}")
+        check_discriminator_file("--discriminator", opts["discriminator"], opts)
+    if opts.get("disc_teacher") is not None:
+        if opts.get("disc_objective", "bce") != "weighted":
+            raise FairSamplingError(f"--disc-teacher is for --disc-objective weighted, got --disc-objective {opts.get('disc_objective', 'bce')!r}")
+        check_discriminator_file("--disc-teacher", opts["disc_teacher"], opts)
 
 
 def load_parts(opts: dict):
@@ -109,60 +104,6 @@ def load_parts(opts: dict):
 
 def draw_t(model: DiscreteVPDenoiser, n: int, g: torch.Generator) -> torch.Tensor:
     return torch.randint(0, model.cfg.num_train_timesteps, (n,), generator=g)
-
-
-def train_discriminator(opts, run_dir: Path, bias, ref, schedule: DiscreteVPDenoiser, device) -> TimeDependentDiscriminator:
-    """Stage 1, resumable in ``run_dir/discriminator``; exported to ``run_dir/discriminator.safetensors``."""
-    cfg = DiscriminatorConfig(arch="cnn", channels=bias.channels, sample_size=28, widths=DISC_WIDTHS[opts["disc_model"]],
-                              pool=opts.get("disc_pool", "mean"), prior_ref=0.5, clip=opts["clip"])
-    torch.manual_seed(opts["seed"] + 1)
-    disc = TimeDependentDiscriminator(cfg).to(device)
-    opt = torch.optim.Adam(disc.parameters(), lr=opts["disc_lr"])
-    stage_dir = run_dir / "discriminator"
-    stage_dir.mkdir(exist_ok=True)
-    start = 0
-    if (stage_dir / "state.safetensors").exists():
-        start, _ = load_state(stage_dir / "state.safetensors", disc, None, opt, device)
-        log.info("discriminator resumed at step %d", start)
-    half = max((opts.get("disc_batch") or opts["batch"]) // 2, 1)
-    sigmas = schedule.sigmas.cpu()
-    cosine = opts.get("disc_schedule", "constant") == "cosine"
-
-    def step_fn(step: int) -> dict[str, float]:
-        g = step_generator(opts["seed"] + 7, step, "cpu")
-        if cosine:
-            for group in opt.param_groups:
-                group["lr"] = opts["disc_lr"] * 0.5 * (1 + math.cos(math.pi * step / opts["disc_steps"]))
-        ib, ir = torch.randint(len(bias), (half,), generator=g), torch.randint(len(ref), (half,), generator=g)
-        sigma = sigmas[draw_t(schedule, half, g)]
-        s = sigma.view(-1, 1, 1, 1)
-        xb = bias.images(ib) + s * torch.randn((half, bias.channels, 28, 28), generator=g)
-        xr = ref.images(ir) + s * torch.randn((half, ref.channels, 28, 28), generator=g)
-        loss = discriminator_loss(disc, xr.to(device), sigma.to(device), xb.to(device), sigma.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"bce": loss.item()}
-
-    step = Loop(stage_dir, disc, opt, None, steps=opts["disc_steps"], save_every=opts["save_every"]).run(step_fn, start, "discriminator")
-    record = {"command": cli.recorded_command_line(run_dir), "data": dataclasses.asdict(cli.data_config(opts)), "steps": step,
-              "seed": opts["seed"], "batch": 2 * half, "lr": opts["disc_lr"],
-              "lr_schedule": opts.get("disc_schedule", "constant"), "run": run_dir.name, "labels": "reference = 1, biased = 0, balanced batches"}
-    checkpoints.save(run_dir / "discriminator.safetensors", disc, "discriminator", cfg, record)
-    return disc.eval().requires_grad_(False)
-
-
-def get_discriminator(opts, run_dir: Path, bias, ref, schedule, device) -> tuple[TimeDependentDiscriminator, dict]:
-    """The discriminator and what the export records about it (loaded, resumed or trained)."""
-    path = Path(opts["discriminator"]) if opts["discriminator"] else run_dir / "discriminator.safetensors"
-    if opts["discriminator"] is None and not path.exists():
-        train_discriminator(opts, run_dir, bias, ref, schedule, device)
-    ckpt = checkpoints.load(path, kind="discriminator", device=device)
-    cfg = ckpt.config
-    check_discriminator_shape(path, cfg, opts)
-    facts = {"path": str(path), "trained_in_run": opts["discriminator"] is None, "config": dataclasses.asdict(cfg),
-             "steps": ckpt.training.get("steps"), "ratio": "w_t = ((1 - prior_ref) / prior_ref) * d / (1 - d)"}
-    return ckpt.model, facts
 
 
 def main(args: argparse.Namespace) -> None:
