@@ -69,7 +69,7 @@ def main():
     if args.against:
         out["correction_vs_model_difference"] = compare_gradient(disc, *args.against, args.n, device)
     if args.guide:
-        band = tuple(float(v) for v in args.band.split(":")) if args.band else (0.0, math.inf)
+        band = parse_band(args.band) if args.band else (0.0, math.inf)
         out["guided"] = [guided_sampling(disc, args.guide, float(gm), band, args.guide_n, device) for gm in args.gammas.split(",")]
     write_json(out, args.json)
 
@@ -99,6 +99,16 @@ def compare_gradient(disc, biased: str, reference: str, n: int, device=torch.dev
     return out
 
 
+def parse_band(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise SystemExit(f"--band must be LO:HI with 0 <= LO < HI (sigmas), got {text!r}") from None
+    if not 0 <= lo < hi:
+        raise SystemExit(f"--band must be LO:HI with 0 <= LO < HI (sigmas), got {text!r}")
+    return lo, hi
+
+
 class CorrectedDenoiser(torch.nn.Module):
     """``D(x, sigma) + gamma sigma^2 grad_x log w_t(x)`` for ``band[0] <= sigma < band[1]`` (gamma 1 elsewhere): the
     pointwise minimiser of TIW-DSM built from the biased model, so sampling it shows what the correction can do
@@ -122,7 +132,7 @@ def guided_sampling(disc, biased: str, gamma: float, band: tuple[float, float], 
     with torch.no_grad():
         report, _ = evaluation.evaluate(model, clf, n, 20, seed=0, device=device, disable=True)
     c = report["colour"]
-    return {"biased": biased, "gamma": gamma, "band": list(band), "n": n, "green": round(c["proportions"][1], 4),
+    return {"biased": biased, "gamma": gamma, "band": [band[0], band[1] if math.isfinite(band[1]) else None], "n": n, "green": round(c["proportions"][1], 4),
             "fd": round(c["fd"], 4), "quality": round(report["quality"]["classifier_feature_fd"], 2)}
 
 

@@ -31,6 +31,14 @@ def run_script(path: Path, argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def load_bench(name: str):
+    """A bench script as a module (its ``main`` not run)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
 def test_every_help_prints(path, capsys):
     code, out = run_script(path, ["--help"], capsys)
@@ -103,9 +111,7 @@ def test_corrected_denoiser_adds_the_scaled_correction_inside_its_band():
     from fair_core.denoiser import DiscreteVPDenoiser
     from fair_core.models import build_unet, named_config
 
-    spec = importlib.util.spec_from_file_location("bench_tiw_discriminator", BENCH / "bench_tiw_discriminator.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_tiw_discriminator")
     torch.manual_seed(0)
     cfg = named_config("unet", "tiny")
     model = DiscreteVPDenoiser(build_unet(cfg), cfg).eval()
@@ -119,3 +125,11 @@ def test_corrected_denoiser_adds_the_scaled_correction_inside_its_band():
     want = base + torch.tensor([1.0 * 2.0**2, 3.0 * 20.0**2]).view(-1, 1, 1, 1) * grad
     assert torch.allclose(got, want, atol=1e-4) and grad.abs().sum() > 0
     assert corrected.sigma_max == model.sigma_max and corrected.cfg is model.cfg
+
+
+@pytest.mark.parametrize("band", ["3", "10:3", "a:b", "-1:2"])
+def test_guide_band_is_checked(band, capsys):
+    bench = load_bench("bench_tiw_discriminator")
+    assert bench.parse_band("3:10") == (3.0, 10.0)
+    with pytest.raises(SystemExit, match="--band must be LO:HI with 0 <= LO < HI"):
+        bench.parse_band(band)
