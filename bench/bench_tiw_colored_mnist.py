@@ -55,7 +55,8 @@ def export_path(a, method: str, fraction: float) -> Path:
     model = "tiny_" if a.scale == "smoke" else ""
     disc = ""  # older exports keep their names
     if method in ("tiw", "iw"):
-        disc = ("_dense" if getattr(a, "disc_pool", "mean") == "dense" else "") + ("_weighted" if getattr(a, "disc_objective", "bce") == "weighted" else "")
+        disc += "_dense" if getattr(a, "disc_pool", "mean") == "dense" else ""
+        disc += "_weighted" if getattr(a, "disc_objective", "bce") == "weighted" else ""
     return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{disc}.safetensors"
 
 

@@ -132,7 +132,8 @@ def guided_sampling(disc, biased: str, gamma: float, band: tuple[float, float], 
     with torch.no_grad():
         report, _ = evaluation.evaluate(model, clf, n, 20, seed=0, device=device, disable=True)
     c = report["colour"]
-    return {"biased": biased, "gamma": gamma, "band": [band[0], band[1] if math.isfinite(band[1]) else None], "n": n, "green": round(c["proportions"][1], 4),
+    band_json = [band[0], band[1] if math.isfinite(band[1]) else None]
+    return {"biased": biased, "gamma": gamma, "band": band_json, "n": n, "green": round(c["proportions"][1], 4),
             "fd": round(c["fd"], 4), "quality": round(report["quality"]["classifier_feature_fd"], 2)}
 
 

@@ -1,9 +1,9 @@
 """TIW-DSM on analytic 1-D Gaussian mixtures: biased 90:10, reference 50:50, closed-form noised densities and scores.
 
-(a) a time-dependent discriminator recovers w_t across noise levels; (b) the TIW-DSM target's conditional expectation
-is the unbiased score, and the loss equals score matching on the reference up to a constant (Theorem 1), while the
-ablations and the official code's correction do not; plus clipping and bad input. Training a score model with
-TIW-DSM, (c), is in ``bench/bench_tiw_toy.py`` (about a minute).
+(a) a time-dependent discriminator, trained by either objective, recovers w_t across noise levels; (b) the TIW-DSM
+target's conditional expectation is the unbiased score, and the loss equals score matching on the reference up to a
+constant (Theorem 1), while the ablations and the official code's correction do not; plus clipping and bad input.
+Training a score model with TIW-DSM, (c), is in ``bench/bench_tiw_toy.py`` (about a minute).
 """
 import math
 

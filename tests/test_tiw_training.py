@@ -182,4 +182,8 @@ def test_disc_teacher_is_checked_before_a_run_folder(tiny_run, tmp_path, capsys)
         main([*TINY, "--steps", "1", "--outdir", str(tmp_path / "b"), "--disc-objective", "weighted", "--disc-teacher",
               str(out / "tiw.safetensors")])
     assert "--disc-teacher" in (err := capsys.readouterr().err) and "is a 'tiw' checkpoint; expected kind 'discriminator'" in err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--outdir", str(tmp_path / "c"), "--disc-objective", "weighted", "--discriminator",
+              str(run / "discriminator.safetensors")])
+    assert "--disc-objective weighted trains a discriminator, but --discriminator PATH means none is trained" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import logging
 import math
-from pathlib import Path
 
 import torch
 
@@ -86,9 +85,13 @@ def check_options(opts: dict) -> None:
         DiscriminatorConfig(clip=opts["clip"])  # raises on a bad --clip before any work
     else:  # a wrong file fails here, before a run folder is made
         check_discriminator_file("--discriminator", opts["discriminator"], opts)
+    if opts["discriminator"] is not None and opts.get("disc_objective", "bce") == "weighted":
+        raise FairSamplingError("--disc-objective weighted trains a discriminator, but --discriminator PATH means none is trained; "
+                                "drop one of them (a weighted discriminator made earlier is given with --discriminator alone)")
     if opts.get("disc_teacher") is not None:
         if opts.get("disc_objective", "bce") != "weighted":
-            raise FairSamplingError(f"--disc-teacher is for --disc-objective weighted, got --disc-objective {opts.get('disc_objective', 'bce')!r}")
+            raise FairSamplingError("--disc-teacher is for --disc-objective weighted, got --disc-objective "
+                                    f"{opts.get('disc_objective', 'bce')!r}")
         check_discriminator_file("--disc-teacher", opts["disc_teacher"], opts)
 
 
