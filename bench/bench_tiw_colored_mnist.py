@@ -58,6 +58,7 @@ def export_path(a, method: str, fraction: float) -> Path:
         disc += "_dense" if getattr(a, "disc_pool", "mean") == "dense" else ""
         objective = getattr(a, "disc_objective", "bce")
         disc += f"_{objective}" if objective != "bce" else ""
+        disc += f"_w0s{a.disc_w0_sigma:g}" if getattr(a, "disc_w0_sigma", None) is not None else ""
     return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{disc}.safetensors"
 
 

@@ -203,13 +203,16 @@ def correction_matching_loss(disc: nn.Module, x: torch.Tensor, sigma: torch.Tens
     ``grad_x p_bias(x0 | x) = p_bias(x0 | x) (x0 - D_bias(x)) / sigma^2`` (``D_bias = E_bias[x0 | x]``), so
 
         sigma^2 grad_x w_t(x) = E_bias[w0(x0) (x0 - D_bias(x)) | x]
-        sigma^2 grad_x log w_t(x) = E_bias[(w0(x0) / w_t(x) - 1) (x0 - b(x)) | x]      for any b(x),
+        sigma^2 grad_x log w_t(x) = E_bias[(w0(x0) / w_t(x) - 1) (x0 - b(x)) | x]      for any b(x)
 
-    because ``E_bias[w0 / w_t - 1 | x] = 0`` (equal to ``D_ref(x) - D_bias(x)``, the denoisers' difference). The
-    per-sample target ``T = (w0 / w - 1) (x0 - b)`` is therefore unbiased, and the least-squares minimiser of
-    ``lambda(sigma) || sigma^2 grad_x log w(x) - T ||^2`` is the exact correction. ``b`` (``baseline``, no graph) only
-    changes the variance: ``b = D_bias(x)`` leaves the residual of a denoiser, ``b = x`` would leave ``sigma n``. The
-    ``w`` inside ``T`` is the discriminator's own value, detached (exact at the joint optimum with the value loss).
+    (which is ``D_ref(x) - D_bias(x)``, the denoisers' difference), because ``E_bias[w0 / w_t - 1 | x] = 0``. The
+    per-sample target ``T = (w0 / w - 1) (x0 - b)`` is therefore unbiased when ``w = w_t``, and the least-squares
+    minimiser of ``lambda(sigma) || sigma^2 grad_x log w(x) - T ||^2`` is the exact correction. The ``w`` inside ``T``
+    is the discriminator's own value, detached (exact at the joint optimum with the value loss). With ``w = w_t``,
+    ``b`` (``baseline``, no graph) only changes the variance: ``b = D_bias(x)`` leaves the residual of a denoiser,
+    ``b = x`` would leave ``sigma n``. With ``w != w_t`` the target's mean is
+    ``(w_t / w) C(x) + (w_t / w - 1) (D_bias(x) - b(x))`` (``C`` the exact correction), so ``b = D_bias`` also removes
+    the error's first-order term.
 
     Returns the batch mean of ``lambda(sigma) * mean_pixels (sigma^2 grad_x log w(x) - T)^2`` (``lambda`` None = 1);
     it is differentiable in the discriminator's parameters (double backpropagation).

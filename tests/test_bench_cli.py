@@ -102,7 +102,7 @@ def test_tiw_plan_passes_the_discriminator_objective_and_names_the_export(capsys
         lines = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
         dsm, tiw = lines
         assert code == 0 and option(tiw, "--disc-objective") == "gradient" and option(tiw, "--disc-w0-sigma") == "0.5"
-        assert option(tiw, "--disc-baseline").endswith(baseline) and tiw[-1].endswith("r5_gradient.safetensors")
+        assert option(tiw, "--disc-baseline").endswith(baseline) and tiw[-1].endswith("r5_gradient_w0s0.5.safetensors")
         assert mode == "finetune" or option(tiw, "--disc-baseline") == dsm[-1]  # from scratch: the DSM run on D_bias, made first
 
 
@@ -159,14 +159,16 @@ def test_real_biased_images_read_as_the_data_share():
     assert row["real_biased_test_images"] == 500 and 0.08 <= row["green"] <= 0.12, row
 
 
-def test_implied_share_of_a_constant_ratio_is_the_data_share():
-    """w = 1 everywhere reweights nothing: mean w 1 and the implied green share is D_bias's own 10 %."""
+def test_implied_share_of_the_exact_clean_ratio_is_one_half(monkeypatch):
+    """w = 5 on green and 0.5 / 0.9 on red images (read from the pixels) reweights D_bias's 90:10 to 50:50 with mean w 1;
+    w = 1 everywhere keeps the data's own 10 %."""
     from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator
 
     bench = load_bench("bench_tiw_discriminator")
     disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 16))).eval()
-    with torch.no_grad():
-        disc.head.weight.zero_()
-        disc.head.bias.zero_()
-    out = bench.implied_share(disc, [0.5], "cpu")
-    assert out[0.5]["mean_w"] == 1.0 and out[0.5]["implied_green_share"] == 0.1, out
+    greener = lambda x: x[:, 1].sum((1, 2)) > x[:, 0].sum((1, 2))  # noqa: E731
+    monkeypatch.setattr(bench, "ratio", lambda d, x, s: torch.where(greener(x), 5.0, 0.5 / 0.9))
+    out = bench.implied_share(disc, [0.01], "cpu")[0.01]
+    assert out["implied_green_share"] == pytest.approx(0.5, abs=0.002) and out["mean_w"] == pytest.approx(1.0, abs=0.002), out
+    monkeypatch.setattr(bench, "ratio", lambda d, x, s: torch.ones(len(x)))
+    assert bench.implied_share(disc, [0.5], "cpu")[0.5] == {"mean_w": 1.0, "implied_green_share": 0.1}

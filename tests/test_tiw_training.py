@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fair_core import checkpoints
-from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator, describe_tiw_training
+from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator, correction_matching_loss, describe_tiw_training
 from fair_core.models import named_config
 from training.__main__ import main
 
@@ -190,7 +190,16 @@ def test_disc_teacher_is_checked_before_a_run_folder(tiny_run, tmp_path, capsys)
     assert not any((tmp_path / d).exists() for d in "abc")
 
 
-def test_gradient_objective_fine_tunes_the_weighted_discriminator_on_its_correction(tiny_run, tmp_path):
+def test_gradient_objective_fine_tunes_the_weighted_discriminator_on_its_correction(tiny_run, tmp_path, monkeypatch):
+    import training.discriminator as stage
+
+    calls = []
+
+    def recording(disc, x, sigma, x0, w0, baseline, lambda_sigma=None):
+        calls.append((disc.head.weight.detach().clone(), x.shape, baseline.shape))
+        return correction_matching_loss(disc, x, sigma, x0, w0, baseline, lambda_sigma)
+
+    monkeypatch.setattr(stage, "correction_matching_loss", recording)
     out, run = tiny_run
     main([*TINY, "--steps", "1", "--disc-steps", "2", "--disc-objective", "gradient", "--disc-baseline", str(out / "tiw.safetensors"),
           "--disc-w0-sigma", "0.5", "--disc-teacher", str(run / "discriminator.safetensors"), "--outdir", str(tmp_path)])
@@ -203,6 +212,9 @@ def test_gradient_objective_fine_tunes_the_weighted_discriminator_on_its_correct
     assert t["baseline"] == str(out / "tiw.safetensors") and t["grad_weight"] == 0.3 and t["grad_batch"] == 2
     assert not torch.equal(values.model.head.weight, disc.model.head.weight)
     assert not (new / "discriminator_teacher.safetensors").exists()  # the given teacher was used
+    assert len(calls) == 2 and torch.equal(calls[0][0], values.model.head.weight)  # one call a step, from the values' weights
+    assert calls[0][1] == calls[0][2] == (2, 3, 28, 28)  # half of the batch of 4, with the baseline's denoised images
+    assert t["values_steps"] == 2 and values.training["w0"] == "the teacher's mean ratio over 2 noise draws at sigma 0.5"
 
 
 def test_clean_log_ratios_at_a_noise_level_average_two_draws():
@@ -233,12 +245,15 @@ def test_gradient_objective_options_are_checked_before_a_run_folder(tiny_run, tm
         (["--disc-objective", "weighted", "--disc-baseline", str(out / "tiw.safetensors")],
          "--disc-baseline is for --disc-objective gradient, got --disc-objective 'weighted'"),
         (["--disc-w0-sigma", "0.5"], "--disc-w0-sigma is for --disc-objective weighted or gradient, got --disc-objective 'bce'"),
-        (["--disc-objective", "weighted", "--disc-w0-sigma", "0"], "--disc-w0-sigma"),
+        (["--disc-objective", "weighted", "--disc-w0-sigma", "0"], "--disc-w0-sigma must be in (0.0, 10.0], got 0.0"),
+        (["--disc-objective", "weighted", "--disc-w0-sigma", "inf"], "--disc-w0-sigma must be in (0.0, 10.0], got inf"),
+        (["--disc-objective", "weighted", "--disc-grad-weight", "1"],
+         "--disc-grad-weight is for --disc-objective gradient, got --disc-objective 'weighted'"),
         (["--disc-objective", "gradient", "--disc-baseline", str(run / "discriminator.safetensors")],
          "is a 'discriminator' checkpoint; expected one of ['dsm', 'tiw', 'dual']"),
         (["--disc-objective", "gradient", "--disc-baseline", "models/mnist457_dual.safetensors"], "makes 1-channel images of size 28"),
         (["--disc-objective", "gradient", "--disc-baseline", str(out / "tiw.safetensors"), "--disc-grad-weight", "-1"],
-         "--disc-grad-weight"),
+         "--disc-grad-weight must be in (0.0, inf], got -1.0"),
         (["--disc-objective", "gradient", "--discriminator", str(run / "discriminator.safetensors")],
          "--disc-objective gradient trains a discriminator, but --discriminator PATH means none is trained"),
     ]

@@ -13,7 +13,7 @@ Three objectives (``--disc-objective``, their losses in ``fair_core.density_rati
   reads the teacher at noise level ``S`` instead (the mean of two noise draws), where a bce teacher that has
   memorised the few reference images is no longer over-confident. Exported as ``discriminator.safetensors``.
 * ``gradient``: the ``weighted`` discriminator (exported as ``discriminator_values.safetensors``) is then fine-tuned,
-  for ``--disc-steps`` more steps, on the same loss plus ``--disc-grad-weight`` times the regression of its correction
+  for ``--disc-steps`` more steps, on the same loss plus ``--disc-grad-weight`` (0.3) times the regression of its correction
   ``sigma^2 grad log w_t`` (``correction_matching_loss``), with the denoiser of ``--disc-baseline`` (a diffusion model
   of D_bias) as the control variate, weighted like the score model's v-loss. Exported as ``discriminator.safetensors``.
 """
@@ -36,6 +36,7 @@ from .runs import Loop, load_state, step_generator
 
 DISC_WIDTHS = {"tiny": (8, 16), "small": (32, 64, 64), "medium": (64, 128, 128)}
 DISC_SCHEDULES = ("constant", "cosine")
+GRAD_WEIGHT = 0.3  # --disc-grad-weight's default
 
 
 def check_discriminator_file(option: str, path, opts: dict) -> DiscriminatorConfig:
@@ -155,7 +156,7 @@ def train_weighted(opts, run_dir: Path, bias, ref, schedule, device) -> Path:
             train_bce(opts, run_dir, "discriminator_teacher", bias, ref, schedule, device)
     teacher = checkpoints.load(teacher_path, kind="discriminator", device=device).model
     log_w0 = clean_log_ratios(teacher, bias, float(schedule.sigma_min), device, w0_sigma=opts.get("disc_w0_sigma"),
-                              seed=opts["seed"] + 17)
+                              seed=(opts["seed"] + 17) * 1_000_003)  # a stream no step_generator(seed, step) of the run uses
     w0_mean = float(log_w0.exp().mean())
     w0 = log_w0.exp() / w0_mean
     batch = opts.get("disc_batch") or opts["batch"]
@@ -174,13 +175,17 @@ def train_weighted(opts, run_dir: Path, bias, ref, schedule, device) -> Path:
         return weighted_discriminator_loss(disc, x, sigma, w)
 
     record = {"objective": "weighted", "batch": batch, "teacher": str(teacher_path), "teacher_w0_mean": w0_mean,
-              "w0_sigma": opts.get("disc_w0_sigma") or float(schedule.sigma_min),
+              "w0_sigma": opts.get("disc_w0_sigma"),
+              "w0": (f"the teacher at sigma_min {float(schedule.sigma_min):.4g} on the clean image"
+                     if opts.get("disc_w0_sigma") is None else
+                     f"the teacher's mean ratio over 2 noise draws at sigma {opts['disc_w0_sigma']:g}"),
               "labels": "biased images only, weighted by w0(x0) / mean(w0) from the teacher"}
     if opts.get("disc_objective") != "gradient":
         return train_stage(opts, run_dir, "discriminator", bias.channels, loss_fn, record, device)
     values = train_stage(opts, run_dir, "discriminator_values", bias.channels, loss_fn, record, device)
     baseline = load_baseline(opts["disc_baseline"], device)
-    beta, half = opts["disc_grad_weight"], max(batch // 2, 1)
+    beta = GRAD_WEIGHT if opts.get("disc_grad_weight") is None else opts["disc_grad_weight"]
+    half = max(batch // 2, 1)
 
     def gradient_loss_fn(disc, step):
         x0, x, sigma, w = draw(step, 19)
@@ -190,8 +195,9 @@ def train_weighted(opts, run_dir: Path, bias, ref, schedule, device) -> Path:
         matching = correction_matching_loss(disc, x[:half], sigma[:half], x0[:half], w[:half], b, lam)
         return weighted_discriminator_loss(disc, x, sigma, w) + beta * matching
 
-    record |= {"objective": "gradient", "values": str(values), "baseline": str(opts["disc_baseline"]), "grad_weight": beta,
-               "grad_batch": half}
+    record |= {"objective": "gradient", "values": str(values), "values_steps": opts["disc_steps"],
+               "baseline": str(opts["disc_baseline"]), "grad_weight": beta, "grad_batch": half,
+               "grad_weighting": "(sigma^2 + 1) / sigma^2 (the v-loss), whatever --prediction"}
     return train_stage(opts, run_dir, "discriminator", bias.channels, gradient_loss_fn, record, device, init=values)
 
 

@@ -30,12 +30,14 @@ from fair_core.models import CONDITIONS
 from . import cli
 from .data import load as load_data
 from .dsm import export, new_model, training_record
-from .discriminator import DISC_SCHEDULES, DISC_WIDTHS, check_baseline_file, check_discriminator_file, get_discriminator
+from .discriminator import (DISC_SCHEDULES, DISC_WIDTHS, GRAD_WEIGHT, check_baseline_file, check_discriminator_file,
+                            get_discriminator)
 from .runs import Loop, adam_ema_resume, pick_device, step_generator
 
 log = logging.getLogger(__name__)
 
 LOSS_MODES = ("tiw", "weight", "correction", "iw", "none")
+W0_SIGMA_MAX = 10.0  # --disc-w0-sigma: w0 must be read where the attribute is still plain (Colored-MNIST: sigma <= ~1)
 
 
 def add_parser(sub) -> None:
@@ -68,7 +70,8 @@ def add_parser(sub) -> None:
     g.add_argument("--disc-baseline", default=None, metavar="PATH",
                    help="gradient: a diffusion model of D_bias (e.g. the --init model or a DSM run on D_bias); its denoiser "
                         "is the control variate of the correction's regression")
-    g.add_argument("--disc-grad-weight", type=float, default=0.3, help="gradient: weight of the correction's regression")
+    g.add_argument("--disc-grad-weight", type=float, default=None, help=f"gradient: weight of the correction's regression "
+                   f"(default {GRAD_WEIGHT})")
     g.add_argument("--disc-steps", type=int, default=2000, help="discriminator optimisation steps")
     g.add_argument("--disc-lr", type=float, default=1e-3, help="discriminator Adam learning rate")
     g.add_argument("--disc-schedule", default="constant", choices=DISC_SCHEDULES,
@@ -106,18 +109,20 @@ def check_weighted_options(opts: dict) -> None:
     objective = opts.get("disc_objective", "bce")
     for option, key, allowed in (("--disc-teacher", "disc_teacher", ("weighted", "gradient")),
                                  ("--disc-w0-sigma", "disc_w0_sigma", ("weighted", "gradient")),
-                                 ("--disc-baseline", "disc_baseline", ("gradient",))):
+                                 ("--disc-baseline", "disc_baseline", ("gradient",)),
+                                 ("--disc-grad-weight", "disc_grad_weight", ("gradient",))):
         if opts.get(key) is not None and objective not in allowed:
             raise FairSamplingError(f"{option} is for --disc-objective {' or '.join(allowed)}, got --disc-objective {objective!r}")
     if opts.get("disc_teacher") is not None:
         check_discriminator_file("--disc-teacher", opts["disc_teacher"], opts)
     if opts.get("disc_w0_sigma") is not None:
-        check_range("--disc-w0-sigma", opts["disc_w0_sigma"], 0.0, low_open=True)
+        check_range("--disc-w0-sigma", opts["disc_w0_sigma"], 0.0, W0_SIGMA_MAX, low_open=True)
     if objective == "gradient":
         if opts.get("disc_baseline") is None:
             raise FairSamplingError("--disc-objective gradient needs --disc-baseline PATH, a diffusion model of D_bias "
                                     "(e.g. the --init model, or a 'training dsm' run on the biased data)")
-        check_range("--disc-grad-weight", opts.get("disc_grad_weight", 0.3), 0.0, low_open=True)
+        if opts.get("disc_grad_weight") is not None:
+            check_range("--disc-grad-weight", opts["disc_grad_weight"], 0.0, low_open=True)
         check_baseline_file(opts["disc_baseline"], opts)
 
 
