@@ -106,8 +106,8 @@ def train_stage(opts, run_dir: Path, name: str, channels: int, loss_fn, record: 
     return run_dir / f"{name}.safetensors"
 
 
-def noised(images, idx, sigma, g):
-    x0 = images(idx)
+def noised(x0, sigma, g):
+    """``x0 + sigma n`` with ``n`` from ``g`` (CPU)."""
     return x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
 
 
@@ -120,7 +120,7 @@ def train_bce(opts, run_dir: Path, name: str, bias, ref, schedule, device) -> Pa
         g = step_generator(opts["seed"] + 7, step, "cpu")
         ib, ir = torch.randint(len(bias), (half,), generator=g), torch.randint(len(ref), (half,), generator=g)
         sigma = sigmas[torch.randint(0, len(sigmas), (half,), generator=g)]
-        xb, xr = noised(bias.images, ib, sigma, g), noised(ref.images, ir, sigma, g)
+        xb, xr = noised(bias.images(ib), sigma, g), noised(ref.images(ir), sigma, g)
         return discriminator_loss(disc, xr.to(device), sigma.to(device), xb.to(device), sigma.to(device))
 
     record = {"objective": "bce", "batch": 2 * half, "labels": "reference = 1, biased = 0, balanced batches"}
@@ -167,8 +167,7 @@ def train_weighted(opts, run_dir: Path, bias, ref, schedule, device) -> Path:
         ib = torch.randint(len(bias), (batch,), generator=g)
         sigma = sigmas[torch.randint(0, len(sigmas), (batch,), generator=g)]
         x0 = bias.images(ib)
-        x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
-        return x0.to(device), x.to(device), sigma.to(device), w0[ib].to(device)
+        return x0.to(device), noised(x0, sigma, g).to(device), sigma.to(device), w0[ib].to(device)
 
     def loss_fn(disc, step):
         _, x, sigma, w = draw(step, 13)
