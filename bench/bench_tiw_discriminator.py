@@ -89,7 +89,8 @@ def implied_share(disc, sigmas: list[float], device, chunk: int = 2048) -> dict:
         w = []
         for i in range(0, len(bias), chunk):
             x0 = bias.images(torch.arange(i, min(i + chunk, len(bias))))
-            w.append(ratio(disc, (x0 + s * torch.randn(x0.shape, generator=g)).to(device), torch.full((len(x0),), s, device=device)).cpu())
+            x = (x0 + s * torch.randn(x0.shape, generator=g)).to(device)
+            w.append(ratio(disc, x, torch.full((len(x0),), s, device=device)).cpu())
         w = torch.cat(w)
         out[s] = {"mean_w": round(float(w.mean()), 3), "implied_green_share": round(float(w[green].sum() / w.sum()), 3)}
     return out
@@ -151,8 +152,8 @@ class CorrectedDenoiser(torch.nn.Module):
 def real_biased_share(clf, n: int, device) -> dict:
     """The evaluation classifier on ``n`` real 90:10 test images: the colour share the biased model would draw if exact."""
     test = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.9))
-    report = evaluation.attribute_report(clf, test.images(torch.arange(min(n, len(test)))).to(device), evaluation.parse_target(None, "colour"),
-                                         "colour")
+    images = test.images(torch.arange(min(n, len(test)))).to(device)
+    report = evaluation.attribute_report(clf, images, evaluation.parse_target(None, "colour"), "colour")
     return {"real_biased_test_images": min(n, len(test)), "green": round(report["proportions"][1], 4), "fd": round(report["fd"], 4)}
 
 
