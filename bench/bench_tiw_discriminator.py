@@ -32,6 +32,7 @@ from _bench import write_json  # noqa: E402
 from fair_core import checkpoints, evaluation  # noqa: E402
 from fair_core.density_ratio import log_ratio_and_grad, ratio  # noqa: E402
 from training.data import DataConfig, load  # noqa: E402
+from training.discriminator import clean_log_ratios  # noqa: E402
 
 SIGMAS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
 GRADIENT_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 80.0)  # the VP schedule reaches sigma ~157
@@ -80,18 +81,13 @@ def main():
     write_json(out, args.json)
 
 
-@torch.no_grad()
-def implied_share(disc, sigmas: list[float], device, chunk: int = 2048) -> dict:
-    """Per sigma: mean w over D_bias (1 for an exact ratio) and the green share that weighting D_bias by w gives."""
+def implied_share(disc, sigmas: list[float], device) -> dict:
+    """Per sigma: mean w over D_bias (1 for an exact ratio) and the green share that weighting D_bias by w gives (w read
+    as ``training tiw --disc-w0-sigma`` reads it: the mean over two noise draws)."""
     bias = load(DataConfig(dataset="colored-mnist", colour_ratio=0.9, reference_fraction=0.05, part="biased"))
-    green, g, out = bias.colours == 1, torch.Generator().manual_seed(2), {}
+    green, out = bias.colours == 1, {}
     for s in sigmas:
-        w = []
-        for i in range(0, len(bias), chunk):
-            x0 = bias.images(torch.arange(i, min(i + chunk, len(bias))))
-            x = (x0 + s * torch.randn(x0.shape, generator=g)).to(device)
-            w.append(ratio(disc, x, torch.full((len(x0),), s, device=device)).cpu())
-        w = torch.cat(w)
+        w = clean_log_ratios(disc, bias, s, device, w0_sigma=s, seed=2).exp()
         out[s] = {"mean_w": round(float(w.mean()), 3), "implied_green_share": round(float(w[green].sum() / w.sum()), 3)}
     return out
 

@@ -1,6 +1,7 @@
 """The bench scripts' command lines: every ``--help`` prints, and the plans print the commands RESULTS.md cites."""
 import importlib.util
 import json
+import math
 import re
 import runpy
 import shlex
@@ -164,11 +165,13 @@ def test_implied_share_of_the_exact_clean_ratio_is_one_half(monkeypatch):
     w = 1 everywhere keeps the data's own 10 %."""
     from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator
 
+    import training.discriminator as stage
+
     bench = load_bench("bench_tiw_discriminator")
     disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 16))).eval()
     greener = lambda x: x[:, 1].sum((1, 2)) > x[:, 0].sum((1, 2))  # noqa: E731
-    monkeypatch.setattr(bench, "ratio", lambda d, x, s: torch.where(greener(x), 5.0, 0.5 / 0.9))
+    monkeypatch.setattr(stage, "log_ratio", lambda d, x, s: torch.where(greener(x), math.log(5.0), math.log(0.5 / 0.9)))
     out = bench.implied_share(disc, [0.01], "cpu")[0.01]
     assert out["implied_green_share"] == pytest.approx(0.5, abs=0.002) and out["mean_w"] == pytest.approx(1.0, abs=0.002), out
-    monkeypatch.setattr(bench, "ratio", lambda d, x, s: torch.ones(len(x)))
+    monkeypatch.setattr(stage, "log_ratio", lambda d, x, s: torch.zeros(len(x)))
     assert bench.implied_share(disc, [0.5], "cpu")[0.5] == {"mean_w": 1.0, "implied_green_share": 0.1}
