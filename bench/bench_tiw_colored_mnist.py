@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from _bench import add_eval_parser, add_run_options, run_plan, write_json  # noqa: E402
 from fair_core import checkpoints, evaluation, plots  # noqa: E402
 from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS  # noqa: E402
-from training.discriminator import DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
+from training.discriminator import DISC_CONDITIONS, DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
 
 METHODS = {"dsm": "DSM on D_bias", "ref": "DSM on D_ref only", "iw": "IW only (w(x0))", "tiw": "TIW-DSM"}
 S_PER_STEP = {"dsm": 1.0, "ref": 1.0, "iw": 1.05, "tiw": 1.15}  # mnist-s, batch 64, 2 threads (bench/RESULTS.md)
@@ -58,6 +58,7 @@ def export_path(a, method: str, fraction: float) -> Path:
         disc += "_dense" if getattr(a, "disc_pool", "mean") == "dense" else ""
         objective = getattr(a, "disc_objective", "bce")
         disc += f"_{objective}" if objective != "bce" else ""
+        disc += "_cond" if getattr(a, "disc_condition", "model") == "model" else ""  # the names before it: the marginal ratio
         disc += f"_w0s{a.disc_w0_sigma:g}" if getattr(a, "disc_w0_sigma", None) is not None else ""
     return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{disc}.safetensors"
 
@@ -92,9 +93,14 @@ def commands(a) -> dict:
                 "--disc-schedule", a.disc_schedule, "--disc-pool", a.disc_pool]
         disc += ["--disc-batch", str(a.disc_batch)] if a.disc_batch else []
         disc += ["--disc-objective", a.disc_objective] if a.disc_objective != "bce" else []
+        disc += ["--disc-condition", a.disc_condition] if a.disc_condition != "model" else []
         disc += ["--disc-teacher", a.disc_teacher] if a.disc_teacher else []
         disc += ["--disc-w0-sigma", str(a.disc_w0_sigma)] if a.disc_w0_sigma is not None else []
         if a.disc_objective == "gradient":  # the biased model: the fine-tuning init, or this fraction's DSM run (made first)
+            if a.mode == "scratch" and "tiw" in a.methods and "dsm" not in a.methods and not Path(out["dsm"]).exists():
+                raise SystemExit(f"--disc-objective gradient with --mode scratch uses this fraction's DSM export {out['dsm']} "
+                                 f"as --disc-baseline, but it does not exist and --methods {' '.join(a.methods)} does not make it; "
+                                 "add dsm to --methods")
             disc += ["--disc-baseline", a.init if a.mode == "finetune" else out["dsm"]]
         cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, "--export", out["tiw"]]
         cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw",
@@ -196,6 +202,7 @@ def main() -> None:
         s.add_argument("--disc-model", default="small", choices=[m for m in DISC_WIDTHS if m != "tiny"])
         s.add_argument("--disc-schedule", default="constant", choices=list(DISC_SCHEDULES))
         s.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS), help="the trainer's option")
+        s.add_argument("--disc-condition", default="model", choices=list(DISC_CONDITIONS), help="the trainer's option")
         s.add_argument("--disc-objective", default="bce", choices=list(DISC_OBJECTIVES), help="the trainer's option")
         s.add_argument("--disc-teacher", default=None, help="the trainer's option (with --disc-objective weighted or gradient)")
         s.add_argument("--disc-w0-sigma", type=float, default=None, help="the trainer's option (with --disc-objective weighted or gradient)")

@@ -17,6 +17,8 @@ exact. On biased test images (90:10) noised to each sigma it reports the median 
 ``--guide BIASED`` samples the biased model with the correction added at sampling time (``CorrectedDenoiser``:
 ``D + gamma sigma^2 grad log w_t``, at gamma 1 the pointwise minimiser TIW-DSM trains towards) and reports the colour
 share, FD and quality per gamma: how far the discriminator's correction can move the colour before any training.
+``oracle --oracle {marginal,conditional}`` in place of the checkpoint does the same with the kernel ratio of
+``tiw_oracle.py``, built from the colour labels: what a near-exact correction does to the same model.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from fair_core import checkpoints, evaluation  # noqa: E402
 from fair_core.density_ratio import log_ratio_and_grad, ratio  # noqa: E402
 from training.data import DataConfig, load  # noqa: E402
 from training.discriminator import clean_log_ratios  # noqa: E402
+from tiw_oracle import ORACLE_MODES, KernelRatio  # noqa: E402
 
 SIGMAS = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
 GRADIENT_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 80.0)  # the VP schedule reaches sigma ~157
@@ -40,7 +43,7 @@ GRADIENT_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 80.0)  # the VP schedule reaches s
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("discriminator")
+    p.add_argument("discriminator", help="a 'discriminator' checkpoint, or 'oracle' with --oracle (the kernel ratio of tiw_oracle.py)")
     p.add_argument("--n", type=int, default=500, help="test images per colour")
     p.add_argument("--against", nargs=2, metavar=("BIASED", "REFERENCE"), help="diffusion models to compare the correction with")
     p.add_argument("--guide", default=None, metavar="BIASED",
@@ -53,23 +56,29 @@ def main():
                    help="also report, over the 5 %% split's biased training images, the mean w and the green share w implies "
                         "(sum of w over green / sum of w) at these comma-separated sigmas: a clean ratio w0 that reweights "
                         "D_bias to 50:50 gives mean 1 and 50 %%")
+    p.add_argument("--oracle", default="marginal", choices=list(ORACLE_MODES),
+                   help="with DISCRIMINATOR 'oracle': the kernel ratio w_t(x) or w_t(x | digit) (tiw_oracle.py)")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None, help="also write the report here")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    disc = checkpoints.load(args.discriminator, kind="discriminator", device=device).model
+    if args.discriminator == "oracle":
+        disc = KernelRatio(args.oracle).to(device)
+    else:
+        disc = checkpoints.load(args.discriminator, kind="discriminator", device=device).model
     test = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.5))
     g = torch.Generator().manual_seed(0)
     out = {"discriminator": args.discriminator, "expected_clean": {"red": round(0.5 / 0.9, 3), "green": 5.0}, "median_w": {}}
     for colour, c in (("red", 0), ("green", 1)):
         idx = torch.nonzero(test.colours == c).flatten()[: args.n]
-        x0 = test.images(idx)
+        x0, y = test.images(idx), test.digits[idx].to(device)  # y: for a digit-conditional discriminator, w_t(x | y)
         out["median_w"][colour] = {}
         for s in SIGMAS:
             x = (x0 + s * torch.randn(x0.shape, generator=g)).to(device)
             with torch.no_grad():
-                w = ratio(disc, x, torch.full((len(x),), s, device=device))
+                w = ratio(disc, x, torch.full((len(x),), s, device=device), y)
             out["median_w"][colour][s] = round(float(w.median()), 3)
     if args.implied_at:
         out["implied_share"] = implied_share(disc, [float(v) for v in args.implied_at.split(",")], device)
@@ -108,7 +117,7 @@ def compare_gradient(disc, biased: str, reference: str, n: int, device=torch.dev
         sigma = torch.full((len(x0),), s, device=device)
         x = x0 + s * torch.randn(x0.shape, generator=g).to(device)
         delta = d_ref(x, sigma, class_labels=labels) - d_bias(x, sigma, class_labels=labels)
-        correction = s**2 * log_ratio_and_grad(disc, x, sigma)[1]
+        correction = s**2 * log_ratio_and_grad(disc, x, sigma, labels)[1]
         cos = torch.nn.functional.cosine_similarity(correction.flatten(1), delta.flatten(1), dim=1)
         norm = correction.flatten(1).norm(dim=1) / delta.flatten(1).norm(dim=1).clamp_min(1e-12)
         out[s] = {"median_cosine": round(float(cos.median()), 3), "median_norm_ratio": round(float(norm.median()), 3),
@@ -140,7 +149,7 @@ class CorrectedDenoiser(torch.nn.Module):
     def forward(self, x, sigma, class_labels=None, **kwargs):
         s = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0])
         gamma = torch.where((s >= self.band[0]) & (s < self.band[1]), self.gamma, 1.0)
-        correction = (gamma * s**2).view(-1, 1, 1, 1) * log_ratio_and_grad(self.disc, x.float(), s)[1]
+        correction = (gamma * s**2).view(-1, 1, 1, 1) * log_ratio_and_grad(self.disc, x.float(), s, class_labels)[1]
         return self.model(x, sigma, class_labels=class_labels, **kwargs) + correction.to(x.dtype)
 
 

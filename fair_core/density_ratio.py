@@ -88,6 +88,7 @@ class DiscriminatorConfig:
     embed_dim: int = 64  # sinusoidal embedding of log(sigma)
     prior_ref: float = 0.5  # share of reference samples in the discriminator's training batches (pi)
     clip: float = 1e-5  # d is clipped to [clip, 1 - clip]; official TIW-DSM code: 1e-5
+    num_classes: int = 0  # 0: unconditional, w_t(x); k: conditional on a label 0..k-1, w_t(x | y) (-1: the marginal w_t(x))
 
     def __post_init__(self):
         check_choice("arch", self.arch, ("cnn", "mlp"))
@@ -95,6 +96,7 @@ class DiscriminatorConfig:
         check_range("prior_ref", self.prior_ref, 0.0, 1.0, low_open=True, high_open=True)
         check_range("clip", self.clip, 0.0, 0.5, low_open=True, high_open=True)
         check_range("channels", self.channels, 1, integer=True)
+        check_range("num_classes", self.num_classes, 0, integer=True)
         if not self.widths:
             raise ConfigError("widths must name at least one layer width, got ()")
 
@@ -119,6 +121,14 @@ class TimeDependentDiscriminator(nn.Module):
     (``"dense"``). The average makes ``f`` translation invariant, and so is its input gradient: at high noise, where
     the ratio is close to linear in ``x``, that gradient is nearly uniform over the image, while the exact
     ``grad log w_t`` is shaped like the posterior mean stroke (bench/RESULTS.md, issue 4). The dense head can place it.
+
+    **Class-conditional** (``num_classes = k > 0``): ``f(x, sigma, y)`` gives ``w_t(x | y) = p_ref,t(x | y) /
+    p_bias,t(x | y)``; a learned embedding of ``y`` (``k`` classes and a null one for ``y = -1``) is added to the
+    noise embedding. A class-conditional score model needs this one: on ``(x0, y)`` pairs TIW-DSM's pointwise minimiser
+    is ``grad_x log p_bias,t(x | y) + grad_x log w``, the reference score ``grad_x log p_ref,t(x | y)`` only when
+    ``w = w_t(x | y)`` (the joint ratio of ``(x, y)``, whose ``y``-marginal factor does not depend on ``x``). With the
+    marginal ``w_t(x)`` it is too weak wherever the label sharpens the attribute's posterior (bench/RESULTS.md,
+    issue 4). An unconditional discriminator (``k = 0``) ignores ``class_labels``.
     """
 
     def __init__(self, cfg: DiscriminatorConfig):
@@ -137,6 +147,19 @@ class TimeDependentDiscriminator(nn.Module):
             self.film = nn.ModuleList(nn.Linear(e, b) for b in cfg.widths)
             self.norms = nn.ModuleList(nn.GroupNorm(min(8, b), b) for b in cfg.widths)
         self.head = nn.Linear(cfg.widths[-1] * (self.last_side() ** 2 if cfg.pool == "dense" else 1), 1)
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, e) if cfg.num_classes else None
+
+    def label_index(self, class_labels: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        """Embedding rows of ``class_labels`` (N,) in ``[-1, k - 1]``; -1 and None are the null row ``k``."""
+        k = self.cfg.num_classes
+        if class_labels is None:
+            return torch.full((n,), k, dtype=torch.long, device=device)
+        labels = torch.as_tensor(class_labels, device=device).long()
+        if labels.shape != (n,):
+            raise FairSamplingError(f"class_labels must have shape ({n},), got {tuple(labels.shape)}")
+        if labels.device.type == "cpu" and bool(((labels < -1) | (labels >= k)).any()):
+            raise FairSamplingError(f"class_labels must be in [0, {k - 1}] or -1 (the marginal ratio), got {sorted(set(labels.tolist()))}")
+        return torch.where(labels < 0, torch.full_like(labels, k), labels)
 
     def last_side(self) -> int:
         """Side of the last CNN feature map: each stride-2 3x3 convolution (padding 1) maps ``n`` to ``(n + 1) // 2``."""
@@ -151,12 +174,14 @@ class TimeDependentDiscriminator(nn.Module):
             raise FairSamplingError(f"discriminator input must have shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)} "
                                     f"(a discriminator trained for another data shape?)")
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
         dtype = self.head.weight.dtype
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0])
         c_in = (sigma**2 + 1).rsqrt().view(-1, *([1] * (x.ndim - 1)))
         emb = self.embed(sigma_embedding(sigma, self.cfg.embed_dim).to(dtype))
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(self.label_index(class_labels, x.shape[0], x.device))
         h = (x.float() * c_in).to(dtype)
         if self.cfg.arch == "mlp":
             h = torch.cat([h, emb], dim=1)
@@ -170,14 +195,18 @@ class TimeDependentDiscriminator(nn.Module):
 
 
 def discriminator_loss(disc: nn.Module, x_ref: torch.Tensor, sigma_ref: torch.Tensor, x_bias: torch.Tensor,
-                       sigma_bias: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy, reference = 1, biased = 0 (noised inputs ``x = x0 + sigma n`` given). One batched call."""
-    logits = disc(torch.cat([x_ref, x_bias]), torch.cat([sigma_ref, sigma_bias]))
+                       sigma_bias: torch.Tensor, labels_ref: torch.Tensor | None = None,
+                       labels_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy, reference = 1, biased = 0 (noised inputs ``x = x0 + sigma n`` given). One batched call.
+    ``labels_*``: the images' class labels, for a class-conditional discriminator (both or neither)."""
+    labels = None if labels_ref is None else torch.cat([labels_ref, labels_bias])
+    logits = disc(torch.cat([x_ref, x_bias]), torch.cat([sigma_ref, sigma_bias]), labels)
     labels = torch.cat([torch.ones(len(x_ref), device=logits.device), torch.zeros(len(x_bias), device=logits.device)])
     return F.binary_cross_entropy_with_logits(logits, labels)
 
 
-def weighted_discriminator_loss(disc: nn.Module, x_bias: torch.Tensor, sigma: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+def weighted_discriminator_loss(disc: nn.Module, x_bias: torch.Tensor, sigma: torch.Tensor, w0: torch.Tensor,
+                                class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy with the reference half replaced by importance-weighted biased samples (``DISC_OBJECTIVES`` "weighted").
 
     ``x_bias = x0 + sigma n`` with ``x0 ~ p_bias`` and ``w0 = w(x0) = p_ref(x0) / p_bias(x0)`` (the clean images'
@@ -191,12 +220,13 @@ def weighted_discriminator_loss(disc: nn.Module, x_bias: torch.Tensor, sigma: to
     "which set did it come from" is replaced by its expectation given ``x0`` (a Rao-Blackwellised target), and every
     image of the large biased set is used, not the few reference images.
     """
-    f = disc(x_bias, sigma)
+    f = disc(x_bias, sigma, class_labels)
     return (w0.to(f.dtype) * F.softplus(-f) + F.softplus(f)).mean()
 
 
 def correction_matching_loss(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor,
-                             baseline: torch.Tensor, lambda_sigma: torch.Tensor | None = None) -> torch.Tensor:
+                             baseline: torch.Tensor, lambda_sigma: torch.Tensor | None = None,
+                             class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Regression of the TIW correction ``sigma^2 grad_x log w(x)`` on its per-sample estimate (``DISC_OBJECTIVES`` "gradient").
 
     On ``x = x0 + sigma n``, ``x0 ~ p_bias``: ``w_t(x) = E_bias[w0(x0) | x]`` and the posterior's gradient is
@@ -219,7 +249,7 @@ def correction_matching_loss(disc: nn.Module, x: torch.Tensor, sigma: torch.Tens
     """
     with torch.enable_grad():
         xx = x.detach().float().requires_grad_(True)
-        lw = log_ratio(disc, xx, sigma)
+        lw = log_ratio(disc, xx, sigma, class_labels)
         (grad,) = torch.autograd.grad(lw.sum(), xx, create_graph=True)
     shape = (-1, *([1] * (x.ndim - 1)))
     s2 = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0]).pow(2).view(shape)
@@ -230,10 +260,11 @@ def correction_matching_loss(disc: nn.Module, x: torch.Tensor, sigma: torch.Tens
     return err.mean()
 
 
-def log_ratio(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``log w_t(x) = clamp(f, logit(clip), -logit(clip)) + log((1 - pi) / pi)``, shape (N,). Raises on NaN/inf."""
+def log_ratio(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """``log w_t(x) = clamp(f, logit(clip), -logit(clip)) + log((1 - pi) / pi)``, shape (N,). Raises on NaN/inf.
+    ``class_labels`` (N,): ``y`` of ``w_t(x | y)`` for a class-conditional discriminator (ignored by an unconditional one)."""
     cfg = disc.cfg
-    f = disc(x, sigma)
+    f = disc(x, sigma, class_labels)
     if not bool(torch.isfinite(f).all()):
         raise FairSamplingError(f"the discriminator returned non-finite logits ({int((~torch.isfinite(f)).sum())} of {f.numel()}); "
                                 "it is broken (retrain it with a lower learning rate)")
@@ -241,12 +272,13 @@ def log_ratio(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Te
     return f.clamp(-bound, bound) + cfg.log_prior_odds
 
 
-def ratio(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def ratio(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """``w_t(x) = p_ref,t(x) / p_bias,t(x)`` (clipped, see the module docstring), shape (N,)."""
-    return log_ratio(disc, x, sigma).exp()
+    return log_ratio(disc, x, sigma, class_labels).exp()
 
 
-def log_ratio_and_grad(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def log_ratio_and_grad(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor,
+                       class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log w_t(x), grad_x log w_t(x))`` from one batched forward and one input-gradient; both detached.
 
     Works under ``torch.no_grad`` callers (gradients are enabled locally); the discriminator's own parameters get
@@ -254,7 +286,7 @@ def log_ratio_and_grad(disc: nn.Module, x: torch.Tensor, sigma: torch.Tensor) ->
     """
     with torch.enable_grad():
         xx = x.detach().float().requires_grad_(True)
-        lw = log_ratio(disc, xx, sigma)
+        lw = log_ratio(disc, xx, sigma, class_labels)
         (grad,) = torch.autograd.grad(lw.sum(), xx, only_inputs=True)
     return lw.detach(), grad.detach().to(x.dtype)
 
@@ -294,7 +326,8 @@ def describe_tiw_training(training: dict) -> str:
         f"reference fraction: {training.get('reference_fraction', '?')} (D_ref {training.get('n_reference', '?')} images, balanced)",
         f"discriminator: {disc.get('path', '?')} ({'trained in the run' if disc.get('trained_in_run') else 'given'}, "
         f"{disc.get('steps', '?')} steps, clip {(disc.get('config') or {}).get('clip', '?')}, "
-        f"{(disc.get('config') or {}).get('pool', 'mean')} pool, objective {disc.get('objective', 'bce')})",
+        f"{(disc.get('config') or {}).get('pool', 'mean')} pool, objective {disc.get('objective', 'bce')}, "
+        f"{disc.get('condition', 'marginal w_t(x)')})",
         f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
         f"started from {training.get('init') or 'scratch'}",
         f"command: {training.get('command', '?')}",

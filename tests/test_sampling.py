@@ -155,8 +155,8 @@ def test_generate_with_a_unet(tiny_unet):
 @pytest.mark.parametrize("kwargs, message", [
     ({"sampler": "plms"}, "sampler must be one of"),
     ({"schedule": "cosine"}, "schedule must be one of"),
-    ({"steps": 0}, r"steps must be in \[1, inf\], got 0"),
-    ({"n": 0}, r"n must be in \[1, inf\], got 0"),
+    ({"steps": 0}, r"steps must be in \[1, inf\), got 0"),
+    ({"n": 0}, r"n must be in \[1, inf\), got 0"),
     ({"batch_size": 0}, "batch_size must be"),
     ({"eta": -1.0}, "eta must be"),
     ({"eta": 0.5}, "eta applies to sampler='ddim' only"),

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from fair_core import checkpoints
-from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator, correction_matching_loss, describe_tiw_training
+from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, correction_matching_loss, describe_tiw_training,
+                                     log_ratio, log_ratio_and_grad)
 from fair_core.models import named_config
 from training.__main__ import main
+from training.tiw import tiw_terms
 
 TINY = ["tiw", "--model", "tiny", "--disc-model", "tiny", "--batch", "4", "--threads", "1"]
 
@@ -44,6 +46,7 @@ def test_tiny_run_exports_a_tiw_model_and_its_discriminator(tiny_run):
     assert t["init"] is None and "started from scratch" in facts and "clip 1e-05, mean pool" in facts
     disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
     assert isinstance(disc.model, TimeDependentDiscriminator) and disc.config.prior_ref == 0.5 and disc.config.channels == 3
+    assert disc.config.num_classes == 10 and "w_t(x | y), y = the digit label" in facts  # the score model is digit-conditional
     x = torch.zeros(2, 3, 28, 28)
     assert ckpt.model(x, torch.ones(2), class_labels=torch.tensor([3, -1])).shape == x.shape
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -61,6 +64,36 @@ def test_discriminator_batch_and_schedule_are_their_own_and_recorded(tmp_path):
     with pytest.raises(SystemExit):
         main([*TINY, "--disc-batch", "1", "--outdir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_disc_condition_none_gives_the_marginal_ratio_and_a_mismatch_is_refused(tiny_run, tmp_path, capsys):
+    out, run = tiny_run
+    main([*TINY, "--steps", "1", "--disc-steps", "2", "--disc-condition", "none", "--outdir", str(tmp_path / "a"),
+          "--export", str(tmp_path / "tiw.safetensors")])
+    t = checkpoints.load(tmp_path / "tiw.safetensors", kind="tiw").training
+    assert t["discriminator"]["config"]["num_classes"] == 0 and "marginal w_t(x)" in describe_tiw_training(t)
+    with pytest.raises(SystemExit):
+        main([*TINY, "--steps", "1", "--disc-condition", "none", "--discriminator", str(run / "discriminator.safetensors"),
+              "--outdir", str(tmp_path / "b")])
+    assert ("is conditional on 10 classes; --disc-condition 'none' with --condition 'digit' needs an unconditional one"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "b").exists()
+
+
+def test_tiw_terms_read_the_ratio_given_each_row_s_label():
+    cfg = DiscriminatorConfig(channels=3, widths=(8, 16), num_classes=10)
+    torch.manual_seed(0)
+    disc = TimeDependentDiscriminator(cfg)
+    torch.nn.init.normal_(disc.label_embed.weight)
+    x0 = torch.randn(4, 3, 28, 28)
+    x, sigma = x0 + torch.randn_like(x0), torch.full((4,), 1.0)
+    labels, is_bias = torch.tensor([2, -1, 7, 5]), torch.tensor([True, True, False, True])
+    log_w, grad = tiw_terms(disc, "tiw", x0, x, sigma, is_bias, 0.002, labels)
+    want, want_grad = log_ratio_and_grad(disc, x[is_bias], sigma[is_bias], labels[is_bias])
+    assert torch.equal(log_w[is_bias], want) and torch.equal(grad[is_bias], want_grad) and log_w[2] == 0
+    assert not torch.equal(want, log_ratio_and_grad(disc, x[is_bias], sigma[is_bias])[0])  # the labels were read
+    iw, _ = tiw_terms(disc, "iw", x0, x, sigma, is_bias, 0.002, labels)
+    assert torch.equal(iw[is_bias], log_ratio(disc, x0[is_bias], torch.full((3,), 0.002), labels[is_bias]))
 
 
 def test_given_discriminator_is_used_init_is_recorded_and_resume_continues(tiny_run, tmp_path):
@@ -149,7 +182,7 @@ def test_weighted_objective_trains_a_teacher_then_a_discriminator_on_biased_imag
     assert not torch.equal(teacher.model.head.weight, disc.model.head.weight)
     facts = checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"]["discriminator"]
     assert facts["objective"] == "weighted" and facts["trained_in_run"]
-    assert "mean pool, objective weighted)" in describe_tiw_training(checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"])
+    assert "mean pool, objective weighted, w_t(x | y), y = the digit label)" in describe_tiw_training(checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"])
 
 
 def test_clean_log_ratios_are_the_teacher_at_sigma_min_on_every_biased_image():
@@ -195,9 +228,9 @@ def test_gradient_objective_fine_tunes_the_weighted_discriminator_on_its_correct
 
     calls = []
 
-    def recording(disc, x, sigma, x0, w0, baseline, lambda_sigma=None):
-        calls.append((disc.head.weight.detach().clone(), x.shape, baseline.shape))
-        return correction_matching_loss(disc, x, sigma, x0, w0, baseline, lambda_sigma)
+    def recording(disc, x, sigma, x0, w0, baseline, lambda_sigma=None, class_labels=None):
+        calls.append((disc.head.weight.detach().clone(), x.shape, baseline.shape, class_labels))
+        return correction_matching_loss(disc, x, sigma, x0, w0, baseline, lambda_sigma, class_labels)
 
     monkeypatch.setattr(stage, "correction_matching_loss", recording)
     out, run = tiny_run
@@ -213,6 +246,7 @@ def test_gradient_objective_fine_tunes_the_weighted_discriminator_on_its_correct
     assert not torch.equal(values.model.head.weight, disc.model.head.weight)
     assert not (new / "discriminator_teacher.safetensors").exists()  # the given teacher was used
     assert len(calls) == 2 and torch.equal(calls[0][0], values.model.head.weight)  # one call a step, from the values' weights
+    assert disc.config.num_classes == 10 and all(c[3] is not None and c[3].shape == (2,) for c in calls)  # w_t(x | digit)
     assert calls[0][1] == calls[0][2] == (2, 3, 28, 28)  # half of the batch of 4, with the baseline's denoised images
     assert t["values_steps"] == 2 and values.training["w0"] == "the teacher's mean ratio over 2 noise draws at sigma 0.5"
 
@@ -246,14 +280,16 @@ def test_gradient_objective_options_are_checked_before_a_run_folder(tiny_run, tm
          "--disc-baseline is for --disc-objective gradient, got --disc-objective 'weighted'"),
         (["--disc-w0-sigma", "0.5"], "--disc-w0-sigma is for --disc-objective weighted or gradient, got --disc-objective 'bce'"),
         (["--disc-objective", "weighted", "--disc-w0-sigma", "0"], "--disc-w0-sigma must be in (0.0, 10.0], got 0.0"),
-        (["--disc-objective", "weighted", "--disc-w0-sigma", "inf"], "--disc-w0-sigma must be in (0.0, 10.0], got inf"),
+        (["--disc-objective", "weighted", "--disc-w0-sigma", "inf"], "--disc-w0-sigma must be a finite number, got inf"),
         (["--disc-objective", "weighted", "--disc-grad-weight", "1"],
          "--disc-grad-weight is for --disc-objective gradient, got --disc-objective 'weighted'"),
         (["--disc-objective", "gradient", "--disc-baseline", str(run / "discriminator.safetensors")],
          "is a 'discriminator' checkpoint; expected one of ['dsm', 'tiw', 'dual']"),
         (["--disc-objective", "gradient", "--disc-baseline", "models/mnist457_dual.safetensors"], "makes 1-channel images of size 28"),
         (["--disc-objective", "gradient", "--disc-baseline", str(out / "tiw.safetensors"), "--disc-grad-weight", "-1"],
-         "--disc-grad-weight must be in (0.0, inf], got -1.0"),
+         "--disc-grad-weight must be in (0.0, inf), got -1.0"),
+        (["--disc-objective", "gradient", "--disc-baseline", str(out / "tiw.safetensors"), "--disc-grad-weight", "inf"],
+         "--disc-grad-weight must be a finite number, got inf"),
         (["--disc-objective", "gradient", "--discriminator", str(run / "discriminator.safetensors")],
          "--disc-objective gradient trains a discriminator, but --discriminator PATH means none is trained"),
     ]

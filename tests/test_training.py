@@ -87,8 +87,8 @@ def test_resume_after_sigkill(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], r"--steps must be in \[1, inf\], got 0"),
-    (["--lr", "0"], r"--lr must be in \(0.0, inf\], got 0.0"),
+    (["--steps", "0"], r"--steps must be in \[1, inf\), got 0"),
+    (["--lr", "0"], r"--lr must be in \(0.0, inf\), got 0.0"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
     (["--reference-fraction", "1.5"], r"reference_fraction must be in \[0.0, 1.0\)"),
     (["--minority-classes", "4,x"], "--minority-classes must be comma-separated digits"),

@@ -51,7 +51,7 @@ def test_dry_run_validates_and_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--dual-lr", "0"], r"--dual-lr must be in \(0.0, inf\], got 0.0"),
+    (["--dual-lr", "0"], r"--dual-lr must be in \(0.0, inf\), got 0.0"),
     (["--bounds", "0.1,-0.2,0.1"], "bounds must be >= 0"),
     (["--bounds", "0.1,0.2"], r"--bounds needs one value per constraint set \(3\), got 2"),
     (["--bounds", "low"], "--bounds must be 'auto' or comma-separated numbers"),
@@ -59,12 +59,12 @@ def test_dry_run_validates_and_writes_nothing(tmp_path, capsys):
     (["--bounds", "0.1", "--constraints", "4+x"], "--constraints must be 'minority' or comma-separated sets"),
     (["--bounds", "0.1", "--constraints", "12"], "--constraints must be 'minority' or comma-separated sets"),
     (["--bounds", "0.1", "--constraints", "minority", "--minority-classes", ""], "--constraints minority needs --minority-classes"),
-    (["--bounds", "0.1,0.1,0.1", "--alpha", "0", "--relaxation", "resilient"], r"--alpha must be in \(0.0, inf\]"),
+    (["--bounds", "0.1,0.1,0.1", "--alpha", "0", "--relaxation", "resilient"], r"--alpha must be in \(0.0, inf\)"),
     (["--bounds", "0.1,0.1,0.1", "--bound-margin=-0.05,-0.1"], r"--bound-margin needs one value or one per constraint set \(3\), got 2"),
-    (["--bounds", "0.1,0.1,0.1", "--bound-margin=-0.05,-1,0"], r"--bound-margin must be in \(-1.0, inf\], got -1.0"),
+    (["--bounds", "0.1,0.1,0.1", "--bound-margin=-0.05,-1,0"], r"--bound-margin must be in \(-1.0, inf\), got -1.0"),
     (["--bounds", "0.1,0.1,0.1", "--bound-margin", "small"], "--bound-margin must be a number or comma-separated numbers"),
     (["--bounds", "0.1,0.1,0.1", "--slack-estimate", "paired"], r"--slack-estimate paired needs a frozen reference model: --slack-reference"),
-    (["--bounds", "0.1,0.1,0.1", "--paired-every", "0"], r"--paired-every must be in \[1, inf\], got 0"),
+    (["--bounds", "0.1,0.1,0.1", "--paired-every", "0"], r"--paired-every must be in \[1, inf\), got 0"),
     (["--bounds", "0.1,0.1,0.1", "--paired-every", "3", "--slack-estimate", "paired", "--slack-reference", "x.safetensors"],
      r"--paired-every must divide --dual-every \(2\) .*, got 3"),
     (["--bounds", "0.1,0.1,0.1", "--paired-every", "2"], r"--paired-every applies to --slack-estimate paired only, got 2"),

@@ -16,6 +16,11 @@ Three objectives (``--disc-objective``, their losses in ``fair_core.density_rati
   for ``--disc-steps`` more steps, on the same loss plus ``--disc-grad-weight`` (0.3) times the regression of its correction
   ``sigma^2 grad log w_t`` (``correction_matching_loss``), with the denoiser of ``--disc-baseline`` (a diffusion model
   of D_bias) as the control variate, weighted like the score model's v-loss. Exported as ``discriminator.safetensors``.
+
+With a class-conditional score model the discriminator is conditional on the same label (``--disc-condition model``,
+the default): each image comes with its label, dropped to -1 (the marginal ratio) as often as the score model's
+class dropout drops it, so ``w_t(x | y)`` and ``w_t(x)`` are both learned. A ``weighted`` teacher stays marginal:
+``w0(x0)`` does not depend on the label of ``x0``. ``--disc-condition none`` learns ``w_t(x)`` alone.
 """
 from __future__ import annotations
 
@@ -29,13 +34,14 @@ from fair_core import checkpoints
 from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, correction_matching_loss, discriminator_loss,
                                      log_ratio, weighted_discriminator_loss)
 from fair_core.errors import FairSamplingError
-from fair_core.models import config_from_dict
+from fair_core.models import CONDITIONS, config_from_dict
 
 from . import cli
 from .runs import Loop, load_state, step_generator
 
 DISC_WIDTHS = {"tiny": (8, 16), "small": (32, 64, 64), "medium": (64, 128, 128)}
 DISC_SCHEDULES = ("constant", "cosine")
+DISC_CONDITIONS = ("model", "none")  # --disc-condition: the score model's label (w_t(x | y)), or none (w_t(x))
 GRAD_WEIGHT = 0.3  # --disc-grad-weight's default
 
 
@@ -56,6 +62,15 @@ def check_discriminator_shape(option: str, path, cfg: DiscriminatorConfig, opts:
                                 f"{cfg.sample_size}; this data needs a cnn with {want[0]} channels and size {want[1]}")
 
 
+def check_discriminator_classes(option: str, path, cfg: DiscriminatorConfig, classes: int, opts: dict) -> None:
+    """A discriminator conditional on as many classes as ``--disc-condition`` asks (0: unconditional)."""
+    if cfg.num_classes != classes:
+        have = f"conditional on {cfg.num_classes} classes" if cfg.num_classes else "unconditional"
+        want = f"one conditional on the score model's {classes} classes" if classes else "an unconditional one"
+        raise FairSamplingError(f"{option} {str(path)!r} is {have}; --disc-condition {opts.get('disc_condition', 'model')!r} with "
+                                f"--condition {opts.get('condition')!r} needs {want} (--disc-condition none: the marginal ratio)")
+
+
 def check_baseline_file(path, opts: dict) -> None:
     """``--disc-baseline`` must be a diffusion checkpoint of this data's image shape."""
     meta = checkpoints.read_metadata(path)
@@ -72,11 +87,32 @@ def check_baseline_file(path, opts: dict) -> None:
                                 "class dropout")
 
 
-def train_stage(opts, run_dir: Path, name: str, channels: int, loss_fn, record: dict, device, init: Path | None = None) -> Path:
+def disc_classes(opts) -> int:
+    """The discriminator's number of classes: the score model's (``--condition``) with ``--disc-condition model``
+    (0 if it is unconditional), 0 with ``none``."""
+    return CONDITIONS[opts["condition"]] if opts.get("disc_condition", "model") == "model" else 0
+
+
+def draw_labels(data, idx, schedule, classes: int, g) -> torch.Tensor | None:
+    """The images' labels for a class-conditional discriminator, dropped to -1 (the marginal ratio) with the score
+    model's class-dropout probability, as the TIW-DSM step drops them; None for an unconditional one."""
+    if not classes:
+        return None
+    labels = data.labels(schedule.cfg.condition, idx)
+    drop = torch.rand(len(idx), generator=g) < schedule.cfg.class_dropout
+    return torch.where(drop, torch.full_like(labels, -1), labels)
+
+
+def to(t, device):
+    return None if t is None else t.to(device)
+
+
+def train_stage(opts, run_dir: Path, name: str, channels: int, loss_fn, record: dict, device, init: Path | None = None,
+                classes: int = 0) -> Path:
     """Train a discriminator (fresh, or from the ``init`` export) with ``loss_fn(disc, step)``, resumable in
     ``run_dir/name``; export ``name.safetensors``."""
     cfg = DiscriminatorConfig(arch="cnn", channels=channels, sample_size=28, widths=DISC_WIDTHS[opts["disc_model"]],
-                              pool=opts.get("disc_pool", "mean"), prior_ref=0.5, clip=opts["clip"])
+                              pool=opts.get("disc_pool", "mean"), prior_ref=0.5, clip=opts["clip"], num_classes=classes)
     torch.manual_seed(opts["seed"] + 1)
     disc = TimeDependentDiscriminator(cfg).to(device)
     if init is not None:
@@ -111,7 +147,7 @@ def noised(x0, sigma, g):
     return x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
 
 
-def train_bce(opts, run_dir: Path, name: str, bias, ref, schedule, device) -> Path:
+def train_bce(opts, run_dir: Path, name: str, bias, ref, schedule, device, classes: int = 0) -> Path:
     """The paper's discriminator: reference = 1, biased = 0, balanced batches at shared noise levels."""
     half = max((opts.get("disc_batch") or opts["batch"]) // 2, 1)
     sigmas = schedule.sigmas.cpu()
@@ -121,10 +157,11 @@ def train_bce(opts, run_dir: Path, name: str, bias, ref, schedule, device) -> Pa
         ib, ir = torch.randint(len(bias), (half,), generator=g), torch.randint(len(ref), (half,), generator=g)
         sigma = sigmas[torch.randint(0, len(sigmas), (half,), generator=g)]
         xb, xr = noised(bias.images(ib), sigma, g), noised(ref.images(ir), sigma, g)
-        return discriminator_loss(disc, xr.to(device), sigma.to(device), xb.to(device), sigma.to(device))
+        yr, yb = draw_labels(ref, ir, schedule, classes, g), draw_labels(bias, ib, schedule, classes, g)
+        return discriminator_loss(disc, xr.to(device), sigma.to(device), xb.to(device), sigma.to(device), to(yr, device), to(yb, device))
 
     record = {"objective": "bce", "batch": 2 * half, "labels": "reference = 1, biased = 0, balanced batches"}
-    return train_stage(opts, run_dir, name, bias.channels, loss_fn, record, device)
+    return train_stage(opts, run_dir, name, bias.channels, loss_fn, record, device, classes=classes)
 
 
 def clean_log_ratios(teacher, bias, sigma_min: float, device, chunk: int = 1024, w0_sigma: float | None = None,
@@ -162,16 +199,19 @@ def train_weighted(opts, run_dir: Path, bias, ref, schedule, device) -> Path:
     batch = opts.get("disc_batch") or opts["batch"]
     sigmas = schedule.sigmas.cpu()
 
+    classes = disc_classes(opts)
+
     def draw(step, seed):
         g = step_generator(opts["seed"] + seed, step, "cpu")
         ib = torch.randint(len(bias), (batch,), generator=g)
         sigma = sigmas[torch.randint(0, len(sigmas), (batch,), generator=g)]
         x0 = bias.images(ib)
-        return x0.to(device), noised(x0, sigma, g).to(device), sigma.to(device), w0[ib].to(device)
+        x = noised(x0, sigma, g)
+        return x0.to(device), x.to(device), sigma.to(device), w0[ib].to(device), to(draw_labels(bias, ib, schedule, classes, g), device)
 
     def loss_fn(disc, step):
-        _, x, sigma, w = draw(step, 13)
-        return weighted_discriminator_loss(disc, x, sigma, w)
+        _, x, sigma, w, y = draw(step, 13)
+        return weighted_discriminator_loss(disc, x, sigma, w, y)
 
     record = {"objective": "weighted", "batch": batch, "teacher": str(teacher_path), "teacher_w0_mean": w0_mean,
               "w0_sigma": opts.get("disc_w0_sigma"),
@@ -180,33 +220,36 @@ def train_weighted(opts, run_dir: Path, bias, ref, schedule, device) -> Path:
                      f"the teacher's mean ratio over 2 noise draws at sigma {opts['disc_w0_sigma']:g}"),
               "labels": "biased images only, weighted by w0(x0) / mean(w0) from the teacher"}
     if opts.get("disc_objective") != "gradient":
-        return train_stage(opts, run_dir, "discriminator", bias.channels, loss_fn, record, device)
-    values = train_stage(opts, run_dir, "discriminator_values", bias.channels, loss_fn, record, device)
+        return train_stage(opts, run_dir, "discriminator", bias.channels, loss_fn, record, device, classes=classes)
+    values = train_stage(opts, run_dir, "discriminator_values", bias.channels, loss_fn, record, device, classes=classes)
     baseline = load_baseline(opts["disc_baseline"], device)
     beta = GRAD_WEIGHT if opts.get("disc_grad_weight") is None else opts["disc_grad_weight"]
     half = max(batch // 2, 1)
 
     def gradient_loss_fn(disc, step):
-        x0, x, sigma, w = draw(step, 19)
+        x0, x, sigma, w, y = draw(step, 19)
+        y_half = None if y is None else y[:half]
         with torch.no_grad():
-            b = baseline(x[:half], sigma[:half])
+            b = baseline(x[:half], sigma[:half], y_half)
         lam = (sigma[:half] ** 2 + 1) / sigma[:half] ** 2  # the score model's v-loss weighting (training/tiw.py)
-        matching = correction_matching_loss(disc, x[:half], sigma[:half], x0[:half], w[:half], b, lam)
-        return weighted_discriminator_loss(disc, x, sigma, w) + beta * matching
+        matching = correction_matching_loss(disc, x[:half], sigma[:half], x0[:half], w[:half], b, lam, y_half)
+        return weighted_discriminator_loss(disc, x, sigma, w, y) + beta * matching
 
     record |= {"objective": "gradient", "values": str(values), "values_steps": opts["disc_steps"],
                "baseline": str(opts["disc_baseline"]), "grad_weight": beta, "grad_batch": half,
                "grad_weighting": "(sigma^2 + 1) / sigma^2 (the v-loss), whatever --prediction"}
-    return train_stage(opts, run_dir, "discriminator", bias.channels, gradient_loss_fn, record, device, init=values)
+    return train_stage(opts, run_dir, "discriminator", bias.channels, gradient_loss_fn, record, device, init=values, classes=classes)
 
 
 def load_baseline(path, device):
-    """``x, sigma -> D_bias(x, sigma)``: the unconditional denoiser of a diffusion checkpoint (the null class of a
-    conditional one, checked by :func:`check_baseline_file`)."""
+    """``x, sigma, y -> D_bias(x, sigma | y)``: the denoiser of a diffusion checkpoint, unconditional (the null class
+    of a conditional one, checked by :func:`check_baseline_file`) where ``y`` is None or -1."""
     model = checkpoints.load(path, kind=checkpoints.DIFFUSION_KINDS, device=device).model.eval().requires_grad_(False)
 
-    def denoise(x, sigma):
-        labels = torch.full((len(x),), -1, device=x.device, dtype=torch.long) if model.cfg.conditional else None
+    def denoise(x, sigma, y=None):
+        if not model.cfg.conditional:
+            return model(x, sigma)
+        labels = torch.full((len(x),), -1, device=x.device, dtype=torch.long) if y is None else y
         return model(x, sigma, class_labels=labels)
 
     return denoise
@@ -219,10 +262,12 @@ def get_discriminator(opts, run_dir: Path, bias, ref, schedule, device) -> tuple
         if opts.get("disc_objective", "bce") in ("weighted", "gradient"):
             train_weighted(opts, run_dir, bias, ref, schedule, device)
         else:
-            train_bce(opts, run_dir, "discriminator", bias, ref, schedule, device)
+            train_bce(opts, run_dir, "discriminator", bias, ref, schedule, device, classes=disc_classes(opts))
     ckpt = checkpoints.load(path, kind="discriminator", device=device)
     check_discriminator_shape("--discriminator", path, ckpt.config, opts)
+    check_discriminator_classes("--discriminator", path, ckpt.config, disc_classes(opts), opts)
     facts = {"path": str(path), "trained_in_run": opts["discriminator"] is None, "config": dataclasses.asdict(ckpt.config),
+             "condition": "marginal w_t(x)" if not ckpt.config.num_classes else f"w_t(x | y), y = the {schedule.cfg.condition} label",
              "steps": ckpt.training.get("steps"), "objective": ckpt.training.get("objective", "bce"),
              "ratio": "w_t = ((1 - prior_ref) / prior_ref) * d / (1 - d)"}
     return ckpt.model, facts

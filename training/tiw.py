@@ -4,7 +4,8 @@ Stage 1 (skipped with ``--discriminator PATH``; ``training/discriminator.py``): 
 :class:`fair_core.density_ratio.TimeDependentDiscriminator` learns ``w_t``, by default (``--disc-objective bce``) by
 telling noised reference images (label 1) from noised biased images (label 0) in balanced batches, so
 ``w_t = d / (1 - d)``; ``weighted`` and ``gradient`` learn it from the biased images (see that module). It is
-exported as ``discriminator.safetensors`` (kind ``discriminator``) in the run folder.
+exported as ``discriminator.safetensors`` (kind ``discriminator``) in the run folder. For a class-conditional score
+model it learns ``w_t(x | y)`` and each row's correction is read given that row's label (``--disc-condition``).
 
 Stage 2: the UNet trains on the union of D_bias and D_ref (indices drawn uniformly from both). Biased images get the
 TIW-DSM loss (weight ``w_t(x)``, denoiser target ``x0 + sigma^2 grad log w_t(x)``); reference images get the plain
@@ -30,8 +31,8 @@ from fair_core.models import CONDITIONS
 from . import cli
 from .data import load as load_data
 from .dsm import export, new_model, training_record
-from .discriminator import (DISC_SCHEDULES, DISC_WIDTHS, GRAD_WEIGHT, check_baseline_file, check_discriminator_file,
-                            get_discriminator)
+from .discriminator import (DISC_CONDITIONS, DISC_SCHEDULES, DISC_WIDTHS, GRAD_WEIGHT, check_baseline_file,
+                            check_discriminator_classes, check_discriminator_file, disc_classes, get_discriminator)
 from .runs import Loop, adam_ema_resume, pick_device, step_generator
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ def add_parser(sub) -> None:
                    help="tiw (paper) | weight / correction (ablations) | iw (time-independent weights w(x0)) | none (plain DSM)")
     g = p.add_argument_group("discriminator")
     g.add_argument("--discriminator", default=None, metavar="PATH", help="use this 'discriminator' checkpoint instead of training one")
+    g.add_argument("--disc-condition", default="model", choices=list(DISC_CONDITIONS),
+                   help="model: a class-conditional score model gets a discriminator conditional on the same label, "
+                        "w_t(x | y), whose correction is the one its TIW-DSM target needs; none: the marginal w_t(x) "
+                        "(too weak a correction for a conditional model, see fair_core.density_ratio)")
     g.add_argument("--disc-model", default="small", choices=list(DISC_WIDTHS), help="discriminator CNN widths")
     g.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS),
                    help="discriminator head: global average of the last map (translation invariant) or the whole map (dense, "
@@ -97,7 +102,8 @@ def check_options(opts: dict) -> None:
     if opts["discriminator"] is None:
         DiscriminatorConfig(clip=opts["clip"])  # raises on a bad --clip before any work
     else:  # a wrong file fails here, before a run folder is made
-        check_discriminator_file("--discriminator", opts["discriminator"], opts)
+        cfg = check_discriminator_file("--discriminator", opts["discriminator"], opts)
+        check_discriminator_classes("--discriminator", opts["discriminator"], cfg, disc_classes(opts), opts)
     if opts["discriminator"] is not None and opts.get("disc_objective", "bce") != "bce":
         raise FairSamplingError(f"--disc-objective {opts['disc_objective']} trains a discriminator, but --discriminator PATH means "
                                 "none is trained; drop one of them (a discriminator made earlier is given with --discriminator alone)")
@@ -196,20 +202,23 @@ def tiw_loss(model: DiscreteVPDenoiser, disc, loss_mode: str, x0, labels, is_bia
     """
     sigma = model.sigmas[draw_t(model, x0.shape[0], g).to(x0.device)]
     x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g).to(x0.device)
-    log_w, grad = tiw_terms(disc, loss_mode, x0, x, sigma, is_bias, model.sigma_min)
+    log_w, grad = tiw_terms(disc, loss_mode, x0, x, sigma, is_bias, model.sigma_min, labels)
     lam = (sigma**2 + 1) / sigma**2 if model.cfg.prediction_type == "v_prediction" else sigma**-2
     mode = {"iw": "weight"}.get(loss_mode, loss_mode)
     return tiw_dsm_loss(model(x, sigma, class_labels=labels), x0, sigma, log_w, grad, mode=mode, lambda_sigma=lam), log_w
 
 
-def tiw_terms(disc, loss_mode: str, x0, x, sigma, is_bias, sigma_min: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log w, grad_x log w)`` per sample: from the discriminator on the biased rows (one batched call), 0 elsewhere."""
+def tiw_terms(disc, loss_mode: str, x0, x, sigma, is_bias, sigma_min: float,
+              labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log w, grad_x log w)`` per sample: from the discriminator on the biased rows (one batched call), 0 elsewhere.
+    ``labels``: the score model's labels of the batch (-1 where dropped), for a class-conditional discriminator."""
     log_w, grad = torch.zeros(x.shape[0], device=x.device), torch.zeros_like(x)
     if loss_mode == "none" or not bool(is_bias.any()):
         return log_w, grad
+    y = None if labels is None or not disc.cfg.num_classes else labels[is_bias]
     if loss_mode == "iw":  # time-independent: the ratio of the clean image, no correction
         with torch.no_grad():
-            log_w[is_bias] = log_ratio(disc, x0[is_bias], torch.full((int(is_bias.sum()),), sigma_min, device=x.device))
+            log_w[is_bias] = log_ratio(disc, x0[is_bias], torch.full((int(is_bias.sum()),), sigma_min, device=x.device), y)
         return log_w, grad
-    log_w[is_bias], grad[is_bias] = log_ratio_and_grad(disc, x[is_bias], sigma[is_bias])
+    log_w[is_bias], grad[is_bias] = log_ratio_and_grad(disc, x[is_bias], sigma[is_bias], y)
     return log_w, grad
