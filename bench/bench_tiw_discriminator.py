@@ -56,7 +56,7 @@ def main():
                    help="also report, over the 5 %% split's biased training images, the mean w and the green share w implies "
                         "(sum of w over green / sum of w) at these comma-separated sigmas: a clean ratio w0 that reweights "
                         "D_bias to 50:50 gives mean 1 and 50 %%")
-    p.add_argument("--oracle", default="marginal", choices=list(ORACLE_MODES),
+    p.add_argument("--oracle", default=None, choices=list(ORACLE_MODES),
                    help="with DISCRIMINATOR 'oracle': the kernel ratio w_t(x) or w_t(x | digit) (tiw_oracle.py)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -64,6 +64,9 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if (args.discriminator == "oracle") != (args.oracle is not None):
+        raise SystemExit("--oracle {marginal,conditional} goes with DISCRIMINATOR 'oracle', and 'oracle' needs it; got "
+                         f"{args.discriminator!r} with --oracle {args.oracle}")
     if args.discriminator == "oracle":
         disc = KernelRatio(args.oracle).to(device)
     else:

@@ -47,8 +47,9 @@ class KernelRatio(torch.nn.Module):
         for centres in self.centres:
             d2 = (x * x).sum(1, keepdim=True) - 2 * x @ centres.T + (centres * centres).sum(1)[None]
             lp = -d2 / (2 * s2)
-            if self.mode == "conditional":
-                lp = lp.masked_fill(class_labels.view(-1, 1) != self.digits[None], -math.inf)
+            if self.mode == "conditional" and class_labels is not None:  # label -1 (or none): the marginal sum
+                y = class_labels.view(-1, 1)
+                lp = lp.masked_fill((y >= 0) & (y != self.digits[None]), -math.inf)
             log_pc.append(torch.logsumexp(lp, 1))
         log_pc = torch.stack(log_pc, 1)  # log p_t(x | c) up to a constant shared by both colours
         return torch.logsumexp(log_pc + self.log_ref, 1) - torch.logsumexp(log_pc + self.log_bias, 1)

@@ -176,10 +176,10 @@ def test_implied_share_of_the_exact_clean_ratio_is_one_half(monkeypatch):
     bench = load_bench("bench_tiw_discriminator")
     disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 16))).eval()
     greener = lambda x: x[:, 1].sum((1, 2)) > x[:, 0].sum((1, 2))  # noqa: E731
-    monkeypatch.setattr(stage, "log_ratio", lambda d, x, s: torch.where(greener(x), math.log(5.0), math.log(0.5 / 0.9)))
+    monkeypatch.setattr(stage, "log_ratio", lambda d, x, s, y=None: torch.where(greener(x), math.log(5.0), math.log(0.5 / 0.9)))
     out = bench.implied_share(disc, [0.01], "cpu")[0.01]
     assert out["implied_green_share"] == pytest.approx(0.5, abs=0.002) and out["mean_w"] == pytest.approx(1.0, abs=0.002), out
-    monkeypatch.setattr(stage, "log_ratio", lambda d, x, s: torch.zeros(len(x)))
+    monkeypatch.setattr(stage, "log_ratio", lambda d, x, s, y=None: torch.zeros(len(x)))
     assert bench.implied_share(disc, [0.5], "cpu")[0.5] == {"mean_w": 1.0, "implied_green_share": 0.1}
 
 
@@ -201,5 +201,12 @@ def test_kernel_oracle_ratio_reads_the_clean_colour_and_the_label():
     spread_marginal = float(marginal(x, s).abs().mean())
     lw, grad = log_ratio_and_grad(conditional, x, s, digit)
     assert float(lw.abs().mean()) > spread_marginal and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert torch.equal(conditional(x, s, None), marginal(x, s)) and torch.equal(conditional(x, s, torch.full((200,), -1)), marginal(x, s))
     with pytest.raises(SystemExit, match=r"--oracle must be one of \['marginal', 'conditional'\], got 'exact'"):
         oracle.KernelRatio("exact")
+
+
+def test_the_oracle_option_goes_with_the_oracle_only(capsys):
+    for argv in (["models/colored_mnist_dsm.safetensors", "--oracle", "marginal"], ["oracle"]):
+        code, _ = run_script(BENCH / "bench_tiw_discriminator.py", argv, capsys)
+        assert isinstance(code, str) and "--oracle {marginal,conditional} goes with DISCRIMINATOR 'oracle'" in code

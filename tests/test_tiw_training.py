@@ -290,6 +290,10 @@ def test_gradient_objective_options_are_checked_before_a_run_folder(tiny_run, tm
          "--disc-grad-weight must be in (0.0, inf), got -1.0"),
         (["--disc-objective", "gradient", "--disc-baseline", str(out / "tiw.safetensors"), "--disc-grad-weight", "inf"],
          "--disc-grad-weight must be a finite number, got inf"),
+        (["--disc-objective", "weighted", "--condition", "colour", "--disc-teacher", str(run / "discriminator.safetensors")],
+         "is conditional on 10 classes; --condition 'colour' has 2 (or give a marginal one)"),
+        (["--disc-objective", "gradient", "--disc-baseline", "models/colour_cond_dsm.safetensors"],
+         "is conditional on 'colour', the score model on 'digit'; give a model with the same condition or an unconditional one"),
         (["--disc-objective", "gradient", "--discriminator", str(run / "discriminator.safetensors")],
          "--disc-objective gradient trains a discriminator, but --discriminator PATH means none is trained"),
     ]
@@ -307,3 +311,20 @@ def test_gradient_objective_options_are_checked_before_a_run_folder(tiny_run, tm
             main([*TINY, "--steps", "1", "--outdir", str(tmp_path / str(i)), *extra])
         assert message in capsys.readouterr().err, (extra, message)
     assert [p.name for p in tmp_path.iterdir()] == ["no_dropout.safetensors"]
+
+
+def test_discriminator_labels_drop_like_the_score_model_s_and_old_runs_stay_marginal():
+    from types import SimpleNamespace
+
+    from training.discriminator import disc_classes, draw_labels
+
+    data = SimpleNamespace(labels=lambda condition, idx: idx % 10)
+    schedule = SimpleNamespace(cfg=SimpleNamespace(condition="digit", class_dropout=0.25))
+    idx = torch.arange(4000)
+    y = draw_labels(data, idx, schedule, 10, torch.Generator().manual_seed(0))
+    dropped = y == -1
+    assert 0.22 < float(dropped.float().mean()) < 0.28 and torch.equal(y[~dropped], idx[~dropped] % 10)
+    assert draw_labels(data, idx, schedule, 0, torch.Generator()) is None
+    assert disc_classes({"condition": "digit", "disc_condition": "model"}) == 10
+    assert disc_classes({"condition": "digit", "disc_condition": "none"}) == 0
+    assert disc_classes({"condition": "digit"}) == 0  # a run saved before --disc-condition existed resumes as it was made

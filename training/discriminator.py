@@ -19,8 +19,10 @@ Three objectives (``--disc-objective``, their losses in ``fair_core.density_rati
 
 With a class-conditional score model the discriminator is conditional on the same label (``--disc-condition model``,
 the default): each image comes with its label, dropped to -1 (the marginal ratio) as often as the score model's
-class dropout drops it, so ``w_t(x | y)`` and ``w_t(x)`` are both learned. A ``weighted`` teacher stays marginal:
-``w0(x0)`` does not depend on the label of ``x0``. ``--disc-condition none`` learns ``w_t(x)`` alone.
+class dropout drops it, so ``w_t(x | y)`` and ``w_t(x)`` are both learned. A marginal ``weighted`` teacher is
+enough where the label is a function of the clean image (digits, colours): then ``p(y | x0)`` is the same in both
+sets and the joint clean ratio of ``(x0, y)`` is ``w0(x0)``. A conditional teacher is read given each image's label.
+``--disc-condition none`` learns ``w_t(x)`` alone.
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def check_discriminator_classes(option: str, path, cfg: DiscriminatorConfig, cla
     if cfg.num_classes != classes:
         have = f"conditional on {cfg.num_classes} classes" if cfg.num_classes else "unconditional"
         want = f"one conditional on the score model's {classes} classes" if classes else "an unconditional one"
-        raise FairSamplingError(f"{option} {str(path)!r} is {have}; --disc-condition {opts.get('disc_condition', 'model')!r} with "
+        raise FairSamplingError(f"{option} {str(path)!r} is {have}; --disc-condition {opts.get('disc_condition', 'none')!r} with "
                                 f"--condition {opts.get('condition')!r} needs {want} (--disc-condition none: the marginal ratio)")
 
 
@@ -85,12 +87,15 @@ def check_baseline_file(path, opts: dict) -> None:
         raise FairSamplingError(f"--disc-baseline {str(path)!r} is class-conditional ({cfg['condition']!r}) without class "
                                 "dropout, so it has no unconditional denoiser; give an unconditional model or one trained with "
                                 "class dropout")
+    if cfg.get("condition", "none") not in ("none", opts["condition"]):
+        raise FairSamplingError(f"--disc-baseline {str(path)!r} is conditional on {cfg['condition']!r}, the score model on "
+                                f"{opts['condition']!r}; give a model with the same condition or an unconditional one")
 
 
 def disc_classes(opts) -> int:
     """The discriminator's number of classes: the score model's (``--condition``) with ``--disc-condition model``
     (0 if it is unconditional), 0 with ``none``."""
-    return CONDITIONS[opts["condition"]] if opts.get("disc_condition", "model") == "model" else 0
+    return CONDITIONS[opts["condition"]] if opts.get("disc_condition", "none") == "model" else 0  # runs older than the option: none
 
 
 def draw_labels(data, idx, schedule, classes: int, g) -> torch.Tensor | None:
@@ -165,19 +170,21 @@ def train_bce(opts, run_dir: Path, name: str, bias, ref, schedule, device, class
 
 
 def clean_log_ratios(teacher, bias, sigma_min: float, device, chunk: int = 1024, w0_sigma: float | None = None,
-                     seed: int = 0) -> torch.Tensor:
+                     seed: int = 0, condition: str | None = None) -> torch.Tensor:
     """``log w0(x0)`` of every biased image, (N,) on the CPU: the teacher at ``sigma_min`` on the clean image, or with
-    ``w0_sigma`` the log of its mean ratio over two noise draws ``x0 + w0_sigma n``."""
+    ``w0_sigma`` the log of its mean ratio over two noise draws ``x0 + w0_sigma n``. A class-conditional teacher is
+    read given each image's ``condition`` label (without one, its marginal row)."""
     out, g = [], torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for i in range(0, len(bias), chunk):
             idx = torch.arange(i, min(i + chunk, len(bias)))
             x0 = bias.images(idx)
+            y = bias.labels(condition, idx).to(device) if condition and teacher.cfg.num_classes else None
             if w0_sigma is None:
-                out.append(log_ratio(teacher, x0.to(device), torch.full((len(idx),), sigma_min, device=device)).cpu())
+                out.append(log_ratio(teacher, x0.to(device), torch.full((len(idx),), sigma_min, device=device), y).cpu())
                 continue
             s = torch.full((len(idx),), w0_sigma, device=device)
-            draws = [log_ratio(teacher, (x0 + w0_sigma * torch.randn(x0.shape, generator=g)).to(device), s).exp()
+            draws = [log_ratio(teacher, (x0 + w0_sigma * torch.randn(x0.shape, generator=g)).to(device), s, y).exp()
                      for _ in range(2)]
             out.append((sum(draws) / 2).log().cpu())
     return torch.cat(out)
@@ -192,8 +199,9 @@ def train_weighted(opts, run_dir: Path, bias, ref, schedule, device) -> Path:
         if not teacher_path.exists():
             train_bce(opts, run_dir, "discriminator_teacher", bias, ref, schedule, device)
     teacher = checkpoints.load(teacher_path, kind="discriminator", device=device).model
-    log_w0 = clean_log_ratios(teacher, bias, float(schedule.sigma_min), device, w0_sigma=opts.get("disc_w0_sigma"),
-                              seed=(opts["seed"] + 17) * 1_000_003)  # a stream no step_generator(seed, step) of the run uses
+    seed = (opts["seed"] + 17) * 1_000_003  # a stream no step_generator(seed, step) of the run uses
+    log_w0 = clean_log_ratios(teacher, bias, float(schedule.sigma_min), device, w0_sigma=opts.get("disc_w0_sigma"), seed=seed,
+                              condition=schedule.cfg.condition)
     w0_mean = float(log_w0.exp().mean())
     w0 = log_w0.exp() / w0_mean
     batch = opts.get("disc_batch") or opts["batch"]

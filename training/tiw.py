@@ -120,7 +120,10 @@ def check_weighted_options(opts: dict) -> None:
         if opts.get(key) is not None and objective not in allowed:
             raise FairSamplingError(f"{option} is for --disc-objective {' or '.join(allowed)}, got --disc-objective {objective!r}")
     if opts.get("disc_teacher") is not None:
-        check_discriminator_file("--disc-teacher", opts["disc_teacher"], opts)
+        teacher = check_discriminator_file("--disc-teacher", opts["disc_teacher"], opts)
+        if teacher.num_classes not in (0, CONDITIONS[opts["condition"]]):
+            raise FairSamplingError(f"--disc-teacher {str(opts['disc_teacher'])!r} is conditional on {teacher.num_classes} classes; "
+                                    f"--condition {opts['condition']!r} has {CONDITIONS[opts['condition']]} (or give a marginal one)")
     if opts.get("disc_w0_sigma") is not None:
         check_range("--disc-w0-sigma", opts["disc_w0_sigma"], 0.0, W0_SIGMA_MAX, low_open=True)
     if objective == "gradient":
