@@ -14,6 +14,7 @@ adds ``gamma sigma^2 grad_x log w_t`` to a biased model at sampling time, as ``-
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 
@@ -39,7 +40,7 @@ class KernelRatio(torch.nn.Module):
         self.log_bias = torch.tensor([math.log(1 - rho_bias), math.log(rho_bias)])
         self.log_ref = torch.tensor([math.log(1 - rho_ref), math.log(rho_ref)])
         self.mode = mode
-        self.cfg = type("KernelRatioConfig", (), {"clip": 1e-30, "log_prior_odds": 0.0, "num_classes": 10 if mode == "conditional" else 0})()
+        self.cfg = SimpleNamespace(clip=1e-30, log_prior_odds=0.0, num_classes=10 if mode == "conditional" else 0)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         x, s2 = x.flatten(1).float(), sigma.float().view(-1, 1) ** 2

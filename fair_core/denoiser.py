@@ -35,6 +35,13 @@ def vp_alphas_cumprod(cfg: UNetConfig) -> torch.Tensor:
     return sched.alphas_cumprod.to(torch.float64)
 
 
+def drop_labels(labels: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``labels`` with each one replaced by the null label -1 with probability ``p`` (classifier-free training);
+    one uniform draw per label from ``generator`` on the labels' device."""
+    drop = torch.rand(labels.shape[0], device=labels.device, generator=generator) < p
+    return torch.where(drop, torch.full_like(labels, -1), labels)
+
+
 class DiscreteVPDenoiser(nn.Module):
     """Wraps a diffusers ``UNet2DModel`` (eps or v prediction, discrete timesteps) as a Denoiser.
 
@@ -143,8 +150,7 @@ class DiscreteVPDenoiser(nn.Module):
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         if class_labels is not None and self.cfg.conditional and self.cfg.class_dropout > 0:
-            drop = torch.rand(n, device=x0.device, generator=generator) < self.cfg.class_dropout
-            class_labels = torch.where(drop, torch.full_like(class_labels, -1), class_labels)
+            class_labels = drop_labels(class_labels, self.cfg.class_dropout, generator)
         ab = self.alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         target = noise if self.cfg.prediction_type == "epsilon" else ab.sqrt() * noise - (1 - ab).sqrt() * x0

@@ -35,6 +35,7 @@ import torch
 from fair_core import checkpoints
 from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscriminator, correction_matching_loss, discriminator_loss,
                                      log_ratio, weighted_discriminator_loss)
+from fair_core.denoiser import drop_labels
 from fair_core.errors import FairSamplingError
 from fair_core.models import CONDITIONS, config_from_dict
 
@@ -103,9 +104,7 @@ def draw_labels(data, idx, schedule, classes: int, g) -> torch.Tensor | None:
     model's class-dropout probability, as the TIW-DSM step drops them; None for an unconditional one."""
     if not classes:
         return None
-    labels = data.labels(schedule.cfg.condition, idx)
-    drop = torch.rand(len(idx), generator=g) < schedule.cfg.class_dropout
-    return torch.where(drop, torch.full_like(labels, -1), labels)
+    return drop_labels(data.labels(schedule.cfg.condition, idx), schedule.cfg.class_dropout, g)
 
 
 def to(t, device):

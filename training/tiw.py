@@ -24,7 +24,7 @@ import math
 import torch
 
 from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS, DiscriminatorConfig, log_ratio, log_ratio_and_grad, tiw_dsm_loss
-from fair_core.denoiser import DiscreteVPDenoiser
+from fair_core.denoiser import DiscreteVPDenoiser, drop_labels
 from fair_core.errors import DataError, FairSamplingError, check_range
 from fair_core.models import CONDITIONS
 
@@ -173,8 +173,7 @@ def main(args: argparse.Namespace) -> None:
         if cfg.conditional:
             labels = torch.empty(opts["batch"], dtype=torch.long)
             labels[~is_ref], labels[is_ref] = bias.labels(cfg.condition, idx[~is_ref]), ref.labels(cfg.condition, idx[is_ref] - n_bias)
-            drop = torch.rand(opts["batch"], generator=g) < cfg.class_dropout
-            labels = torch.where(drop, torch.full_like(labels, -1), labels).to(device)
+            labels = drop_labels(labels, cfg.class_dropout, g).to(device)
         for group in opt.param_groups:
             group["lr"] = opts["lr"] * min(1.0, (step + 1) / max(opts["warmup"], 1))
         per_sample, log_w = tiw_loss(model, disc, opts["loss_mode"], x0.to(device), labels, (~is_ref).to(device), g)
@@ -218,7 +217,7 @@ def tiw_terms(disc, loss_mode: str, x0, x, sigma, is_bias, sigma_min: float,
     log_w, grad = torch.zeros(x.shape[0], device=x.device), torch.zeros_like(x)
     if loss_mode == "none" or not bool(is_bias.any()):
         return log_w, grad
-    y = None if labels is None or not disc.cfg.num_classes else labels[is_bias]
+    y = None if labels is None else labels[is_bias]  # an unconditional discriminator does not read them
     if loss_mode == "iw":  # time-independent: the ratio of the clean image, no correction
         with torch.no_grad():
             log_w[is_bias] = log_ratio(disc, x0[is_bias], torch.full((int(is_bias.sum()),), sigma_min, device=x.device), y)
