@@ -58,6 +58,10 @@ def main():
                         "D_bias to 50:50 gives mean 1 and 50 %%")
     p.add_argument("--oracle", default=None, choices=list(ORACLE_MODES),
                    help="with DISCRIMINATOR 'oracle': the kernel ratio w_t(x) or w_t(x | digit) (tiw_oracle.py)")
+    p.add_argument("--vs-oracle", default=None, metavar="SIGMAS",
+                   help="also compare the ratio and its gradient with the kernel oracle's, w_t(x | digit) and w_t(x), on --n "
+                        "test images (50:50) noised to these comma-separated sigmas: correlation of log w, median cosine and "
+                        "norm ratio of grad log w (the oracle is a nearest-neighbour estimate below sigma ~5)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--json", default=None, help="also write the report here")
@@ -85,6 +89,8 @@ def main():
             out["median_w"][colour][s] = round(float(w.median()), 3)
     if args.implied_at:
         out["implied_share"] = implied_share(disc, [float(v) for v in args.implied_at.split(",")], device)
+    if args.vs_oracle:
+        out["vs_oracle"] = compare_oracle(disc, [float(v) for v in args.vs_oracle.split(",")], args.n, device)
     if args.against:
         out["correction_vs_model_difference"] = compare_gradient(disc, *args.against, args.n, device)
     if args.guide:
@@ -126,6 +132,30 @@ def compare_gradient(disc, biased: str, reference: str, n: int, device=torch.dev
         out[s] = {"median_cosine": round(float(cos.median()), 3), "median_norm_ratio": round(float(norm.median()), 3),
                   "green_minus_red_correction": round(green_minus_red(correction), 4),
                   "green_minus_red_model_difference": round(green_minus_red(delta), 4)}
+    return out
+
+
+def compare_oracle(disc, sigmas: list[float], n: int, device, per_digit: int = 1000) -> dict:
+    """Per sigma: how close ``log w_t`` and ``grad log w_t`` of ``disc`` (given the digit if it is conditional) are to
+    the kernel oracle's, conditional and marginal, on ``n`` test images at 50:50."""
+    test = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.5))
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randperm(len(test), generator=g)[:n]
+    x0, y = test.images(idx), test.digits[idx].to(device)
+    oracles = {mode: KernelRatio(mode, per_digit=per_digit).to(device) for mode in ORACLE_MODES}
+    out = {"n": len(idx)}
+    for s in sigmas:
+        x, sigma = (x0 + s * torch.randn(x0.shape, generator=g)).to(device), torch.full((len(idx),), s, device=device)
+        log_w, grad = log_ratio_and_grad(disc, x, sigma, y)
+        grad = grad.flatten(1)
+        out[s] = {}
+        for mode, oracle in oracles.items():
+            o_log_w, o_grad = log_ratio_and_grad(oracle, x, sigma, y)
+            o_grad = o_grad.flatten(1)
+            cos = torch.nn.functional.cosine_similarity(grad, o_grad, dim=1)
+            norm = grad.norm(dim=1) / o_grad.norm(dim=1).clamp_min(1e-30)
+            out[s][mode] = {"log_w_correlation": round(float(torch.corrcoef(torch.stack([log_w, o_log_w]))[0, 1]), 3),
+                            "grad_median_cosine": round(float(cos.median()), 3), "grad_median_norm_ratio": round(float(norm.median()), 3)}
     return out
 
 

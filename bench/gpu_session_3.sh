@@ -11,7 +11,10 @@
 # 2. from t = 0, with the 8x discriminator (carried): the fine-tuning runs TIW, DSM on D_bias and DSM on D_ref to 4800
 #    steps (the CPU runs reached 2400), and TIW-DSM from scratch (3600 steps);
 # every training run stops at a common deadline (TRAIN_MIN minutes after the start) with its state saved and its
-# export written, and its log says how far it got;
+# export written, and its log says how far it got; a discriminator still training then is cut (no export). As first
+# run (bench/RESULTS.md, GPU session 3) the discriminators had no deadline: the 64x one took 9.4 minutes, the call
+# ran out before the evaluation, and two further calls on the warm machine ran the evaluation and the speed rows;
+
 # 3. every export evaluated on the GPU at N samples, one process per model;
 # 4. the speed rows on the then idle GPU: bench/gpu_speed.sh (issues 6, 7) and the TIW step against the DSM step.
 # Every training command is the one the bench's own `plan` prints, plus device, threads and time limit.
@@ -31,6 +34,7 @@ T0=$(date +%s)
 stage() { echo "== $(date +%T) (+$(($(date +%s) - T0)) s) $*"; }
 # left: minutes to the training deadline, at least 0.05 (a --time-limit of 0 would mean none)
 left() { awk -v d="$T0" -v n="$(date +%s)" -v m="$TRAIN_MIN" 'BEGIN { x = m - (n - d) / 60; printf "%.2f", x < 0.05 ? 0.05 : x }'; }
+left_s() { awk -v m="$(left)" 'BEGIN { printf "%d", m * 60 + 1 }'; }  # the same in whole seconds, for timeout
 train() {  # train NAME COMMAND...: logged to $W/logs/NAME.log, stopped at the deadline
     local name=$1; shift
     "$@" --device "$DEV" --threads 1 --time-limit "$(left)" >"$W/logs/$name.log" 2>&1; echo "-- $(date +%T) $name exit $?"
@@ -50,15 +54,15 @@ ls "$D8" "$TEACHER" || exit 1
 stage "training until +$TRAIN_MIN min"
 disc() {  # disc NAME BATCH: a weighted conditional discriminator, its sampling-time check; with 32x a TIW run
     local name=$1 batch=$2 D="$W/$1/00000-tiw-colored-mnist/discriminator.safetensors"
-    $PY -m training tiw --model tiny --steps 1 --disc-objective weighted --disc-teacher "$TEACHER" --disc-w0-sigma 0.5 \
+    timeout "$(left_s)" $PY -m training tiw --model tiny --steps 1 --disc-objective weighted --disc-teacher "$TEACHER" --disc-w0-sigma 0.5 \
         --disc-steps "$DISC_STEPS" --disc-batch "$batch" --disc-schedule cosine --disc-pool dense --outdir "$W/$name" \
-        --device "$DEV" --threads 2 >"$W/logs/$name.log" 2>&1 || { echo "-- $name failed"; return; }
+        --device "$DEV" --threads 2 >"$W/logs/$name.log" 2>&1 || { echo "-- $name failed or cut at the deadline"; return; }
     echo "-- $(date +%T) $name trained"
     cp "$D" "$W/$name.safetensors"
     if [ "$name" = disc32 ]; then
         train tiw_ft_disc32 $(plan tiw --steps 2400 --out "$W/ft32") --discriminator "$D" &
     fi
-    $PY bench/bench_tiw_discriminator.py "$D" --n 300 --guide "$BIASED" --gammas 1 --guide-n 1000 --device "$DEV" \
+    timeout "$(($(left_s) + 60))" $PY bench/bench_tiw_discriminator.py "$D" --n 300 --guide "$BIASED" --gammas 1 --guide-n 1000 --device "$DEV" \
         --threads 1 --json "$W/${name}_guide.json" >"$W/logs/${name}_guide.log" 2>&1; echo "-- $(date +%T) ${name}_guide exit $?"
     wait
 }

@@ -206,6 +206,16 @@ def test_kernel_oracle_ratio_reads_the_clean_colour_and_the_label():
         oracle.KernelRatio("exact")
 
 
+def test_vs_oracle_scores_the_oracle_against_itself_as_exact():
+    """--vs-oracle: the conditional kernel ratio compared with itself is exact (correlation, cosine and norm ratio 1);
+    against the marginal one it is not (the digit changes the gradient's direction at sigma 10)."""
+    bench, oracle = load_bench("bench_tiw_discriminator"), load_bench("tiw_oracle")
+    out = bench.compare_oracle(oracle.KernelRatio("conditional", per_digit=50), [10.0], 30, "cpu", per_digit=50)
+    same, other = out[10.0]["conditional"], out[10.0]["marginal"]
+    assert out["n"] == 30 and same == {"log_w_correlation": 1.0, "grad_median_cosine": 1.0, "grad_median_norm_ratio": 1.0}
+    assert other["grad_median_cosine"] < 0.99 and other["log_w_correlation"] < 0.999, other
+
+
 def test_the_oracle_option_goes_with_the_oracle_only(capsys):
     for argv in (["models/colored_mnist_dsm.safetensors", "--oracle", "marginal"], ["oracle"]):
         code, _ = run_script(BENCH / "bench_tiw_discriminator.py", argv, capsys)

@@ -328,3 +328,38 @@ def test_discriminator_labels_drop_like_the_score_model_s_and_old_runs_stay_marg
     assert disc_classes({"condition": "digit", "disc_condition": "model"}) == 10
     assert disc_classes({"condition": "digit", "disc_condition": "none"}) == 0
     assert disc_classes({"condition": "digit"}) == 0  # a run saved before --disc-condition existed resumes as it was made
+
+
+def test_the_baseline_is_read_given_the_label_or_its_null_class(tiny_run):
+    """--disc-baseline: a class-conditional diffusion model is read given each row's label, and given -1 (its null
+    class, the unconditional denoiser) where the label is None."""
+    from training.discriminator import load_baseline
+
+    out, _ = tiny_run
+    model = checkpoints.load(out / "tiw.safetensors").model.eval()
+    denoise = load_baseline(out / "tiw.safetensors", "cpu")
+    x, s, y = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(0)), torch.full((3,), 2.0), torch.tensor([1, 4, 7])
+    with torch.no_grad():
+        assert torch.equal(denoise(x, s, y), model(x, s, class_labels=y))
+        assert torch.equal(denoise(x, s), model(x, s, class_labels=torch.full((3,), -1)))
+        assert not torch.equal(denoise(x, s, y), denoise(x, s))
+
+
+def test_a_conditional_bce_discriminator_gets_both_sets_labels(tmp_path, monkeypatch):
+    """--disc-objective bce with --disc-condition model: each half of the batch reaches the loss with its images'
+    digit labels (some dropped to -1 at the score model's class-dropout rate), the reference half and the biased half."""
+    import training.discriminator as stage
+
+    seen, loss = [], stage.discriminator_loss
+
+    def spy(disc, x_ref, s_ref, x_bias, s_bias, labels_ref=None, labels_bias=None):
+        seen.append((labels_ref, labels_bias))
+        return loss(disc, x_ref, s_ref, x_bias, s_bias, labels_ref, labels_bias)
+
+    monkeypatch.setattr(stage, "discriminator_loss", spy)
+    main([*TINY, "--steps", "1", "--disc-steps", "3", "--disc-batch", "64", "--outdir", str(tmp_path)])
+    assert len(seen) == 3
+    for labels_ref, labels_bias in seen:
+        assert labels_ref.shape == labels_bias.shape == (32,)
+        both = torch.cat([labels_ref, labels_bias]).cpu()
+        assert int(both.min()) >= -1 and int(both.max()) <= 9 and len(set(both[both >= 0].tolist())) > 3
