@@ -19,6 +19,8 @@ exact. On biased test images (90:10) noised to each sigma it reports the median 
 share, FD and quality per gamma: how far the discriminator's correction can move the colour before any training.
 ``oracle --oracle {marginal,conditional}`` in place of the checkpoint does the same with the kernel ratio of
 ``tiw_oracle.py``, built from the colour labels: what a near-exact correction does to the same model.
+``--vs-oracle SIGMAS`` compares the discriminator's ``log w_t`` and ``grad log w_t`` with the kernel ratio's, given
+the digit and marginal, on noised test images (a check of the correction's direction and size without sampling).
 """
 from __future__ import annotations
 

@@ -351,6 +351,33 @@ def test_a_class_conditional_score_model_needs_the_conditional_ratio():
             assert gerr < 0.25 + 0.1 * float(true_grad.abs().max()), f"grad log w error {gerr:.3f} at sigma={sigma}, y={label}"
 
 
+def test_a_marginal_teacher_gives_the_conditional_ratio_when_the_label_is_a_function_of_the_image():
+    """training/discriminator.py reads a *marginal* teacher's w0(x0) for a conditional discriminator, whose weighted
+    objective is minimised at E_bias[w0(x0) | x_t, y] (test_weighted_objective_is_minimised_at_the_mean_clean_ratio).
+    That is the conditional ratio w_t(x | y) when y is a function of x0 (y = the side of 0 here, as the digit is of
+    the image) and both sets hold each label equally often; it is not the marginal w_t(x), which mixes both sides."""
+    m4 = ((-4.5,), (-1.5,), (1.5,), (4.5,))
+    bias_y = (GaussianMixture((0.1, 0.9), m4[:2], 0.5), GaussianMixture((0.9, 0.1), m4[2:], 0.5))
+    ref_y = (GaussianMixture((0.5, 0.5), m4[:2], 0.5), GaussianMixture((0.5, 0.5), m4[2:], 0.5))
+    bias, ref = GaussianMixture((0.05, 0.45, 0.45, 0.05), m4, 0.5), GaussianMixture((0.25,) * 4, m4, 0.5)
+    x0 = torch.linspace(-9, 9, 7201, dtype=torch.float64)[:, None]
+    log_w0 = true_log_ratio(ref, bias, x0, torch.zeros(len(x0)))  # the marginal teacher, exact
+    x = torch.linspace(-6, 6, 121, dtype=torch.float64)[:, None]
+    for sigma in (0.3, 1.0, 3.0):
+        s = torch.full((len(x),), sigma)
+        marginal = true_log_ratio(ref, bias, x, s)
+        for y in (0, 1):
+            # E_bias[w0(x0) | x_t = x, y] by quadrature over x0: p_bias(x0 | y) N(x; x0, sigma^2) w0(x0), normalised
+            log_post = bias_y[y].log_prob(x0, torch.zeros(len(x0)))[None, :] - (x - x0.T) ** 2 / (2 * sigma**2)
+            mean_w0 = torch.logsumexp(log_post + log_w0[None, :], 1) - torch.logsumexp(log_post, 1)
+            conditional = true_log_ratio(ref_y[y], bias_y[y], x, s)
+            q = bias_y[y].log_prob(x, s).exp()
+            q = q / q.sum()
+            assert float(((mean_w0 - conditional).abs() * q).sum()) < 1e-3, (sigma, y)
+            if sigma == 3.0:
+                assert float(((marginal - conditional).abs() * q).sum()) > 0.1, (sigma, y)
+
+
 def test_class_labels_of_a_discriminator():
     cond = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(8,), embed_dim=8, num_classes=3))
     torch.nn.init.normal_(cond.label_embed.weight)
