@@ -19,8 +19,9 @@
 # 4. the speed rows on the then idle GPU: bench/gpu_speed.sh (issues 6, 7) and the TIW step against the DSM step.
 # Every training command is the one the bench's own `plan` prints, plus device, threads and time limit.
 # Carried along: the two discriminators it reads ($D8, $TEACHER).
-# A pipeline check on the CPU (about 6 minutes on 2 cores):
-#     DEVICE=cpu TRAIN_MIN=1 EVAL_MIN=3 DISC_STEPS=3 N=16 SPEED=0 bash bench/gpu_session_3.sh /tmp/g3
+# A pipeline check on the CPU (about 6 minutes on 2 cores; a shorter TRAIN_MIN cuts the discriminators, whose w0 pass
+# takes 2 minutes there):
+#     DEVICE=cpu TRAIN_MIN=4 EVAL_MIN=3 DISC_STEPS=3 N=16 SPEED=0 bash bench/gpu_session_3.sh /tmp/g3
 set -u
 OUT=${1:?usage: bash bench/gpu_session_3.sh OUTDIR}
 DEV=${DEVICE:-cuda} TRAIN_MIN=${TRAIN_MIN:-5.5} EVAL_MIN=${EVAL_MIN:-1.5} DISC_STEPS=${DISC_STEPS:-6000} N=${N:-2000}
