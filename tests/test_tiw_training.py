@@ -347,7 +347,7 @@ def test_the_baseline_is_read_given_the_label_or_its_null_class(tiny_run):
 
 def test_a_conditional_bce_discriminator_gets_both_sets_labels(tmp_path, monkeypatch):
     """--disc-objective bce with --disc-condition model: each half of the batch reaches the loss with its images'
-    digit labels (some dropped to -1 at the score model's class-dropout rate), the reference half and the biased half."""
+    digit labels (or -1 where the score model's class dropout drops them), the reference half and the biased half."""
     import training.discriminator as stage
 
     seen, loss = [], stage.discriminator_loss
