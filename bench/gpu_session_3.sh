@@ -14,7 +14,6 @@
 # export written, and its log says how far it got; a discriminator still training then is cut (no export). As first
 # run (bench/RESULTS.md, GPU session 3) the discriminators had no deadline: the 64x one took 9.4 minutes, the call
 # ran out before the evaluation, and two further calls on the warm machine ran the evaluation and the speed rows;
-
 # 3. every export evaluated on the GPU at N samples, one process per model;
 # 4. the speed rows on the then idle GPU: bench/gpu_speed.sh (issues 6, 7) and the TIW step against the DSM step.
 # Every training command is the one the bench's own `plan` prints, plus device, threads and time limit.
