@@ -74,6 +74,7 @@ from .errors import ConfigError, FairSamplingError, check_choice, check_range
 TIW_MODES = ("tiw", "weight", "correction", "none")
 DISC_POOLS = ("mean", "dense")
 DISC_OBJECTIVES = ("bce", "weighted", "gradient")  # how the time-dependent discriminator is trained (see the loss functions)
+DISC_FILMS = ("shift", "scale_shift")  # how the noise (and label) embedding enters each layer
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class DiscriminatorConfig:
     sample_size: int = 28  # cnn: image side; ignored by the mlp
     widths: tuple[int, ...] = (32, 64, 64)  # cnn: channels per stride-2 level; mlp: hidden widths
     pool: str = "mean"  # cnn: "mean" (global average, translation invariant) | "dense" (the whole last map, position-aware)
+    film: str = "shift"  # "shift": h = silu(norm(conv h) + a(emb)); "scale_shift": silu(norm(conv h) (1 + b(emb)) + a(emb))
     embed_dim: int = 64  # sinusoidal embedding of log(sigma)
     prior_ref: float = 0.5  # share of reference samples in the discriminator's training batches (pi)
     clip: float = 1e-5  # d is clipped to [clip, 1 - clip]; official TIW-DSM code: 1e-5
@@ -93,6 +95,7 @@ class DiscriminatorConfig:
     def __post_init__(self):
         check_choice("arch", self.arch, ("cnn", "mlp"))
         check_choice("pool", self.pool, DISC_POOLS)
+        check_choice("film", self.film, DISC_FILMS)
         check_range("prior_ref", self.prior_ref, 0.0, 1.0, low_open=True, high_open=True)
         check_range("clip", self.clip, 0.0, 0.5, low_open=True, high_open=True)
         check_range("channels", self.channels, 1, integer=True)
@@ -117,6 +120,10 @@ def sigma_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
 class TimeDependentDiscriminator(nn.Module):
     """``f(x, sigma)``: logit that ``x`` is a noised reference sample. Input scaled by ``c_in = 1/sqrt(1+sigma^2)``.
 
+    Each layer reads the embedding of ``sigma`` (and of the label) through ``film``: ``"shift"`` adds a per-channel
+    bias after the normalisation; ``"scale_shift"`` also multiplies by ``1 + b(emb)`` (ADM's scale-shift norm), so
+    how steep ``f`` is in ``x`` can change with ``sigma`` by a gain, not only by moving the SiLUs' operating points.
+
     The CNN's head reads either the global average of its last feature map (``pool="mean"``) or the whole map
     (``"dense"``). The average makes ``f`` translation invariant, and so is its input gradient: at high noise, where
     the ratio is close to linear in ``x``, that gradient is nearly uniform over the image, while the exact
@@ -134,17 +141,17 @@ class TimeDependentDiscriminator(nn.Module):
     def __init__(self, cfg: DiscriminatorConfig):
         super().__init__()
         self.cfg = cfg
-        e = cfg.embed_dim
+        e, k = cfg.embed_dim, 2 if cfg.film == "scale_shift" else 1
         self.embed = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         if cfg.arch == "mlp":
             dims = (cfg.channels + e, *cfg.widths)
             self.body = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-            self.film = nn.ModuleList(nn.Linear(e, b) for b in cfg.widths)
+            self.film = nn.ModuleList(nn.Linear(e, k * b) for b in cfg.widths)
         else:
             chans = (cfg.channels, *cfg.widths)
             self.body = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2 if i else 1, padding=1)
                                       for i, (a, b) in enumerate(zip(chans[:-1], chans[1:])))
-            self.film = nn.ModuleList(nn.Linear(e, b) for b in cfg.widths)
+            self.film = nn.ModuleList(nn.Linear(e, k * b) for b in cfg.widths)
             self.norms = nn.ModuleList(nn.GroupNorm(min(8, b), b) for b in cfg.widths)
         self.head = nn.Linear(cfg.widths[-1] * (self.last_side() ** 2 if cfg.pool == "dense" else 1), 1)
         self.label_embed = nn.Embedding(cfg.num_classes + 1, e) if cfg.num_classes else None
@@ -186,12 +193,20 @@ class TimeDependentDiscriminator(nn.Module):
         if self.cfg.arch == "mlp":
             h = torch.cat([h, emb], dim=1)
             for layer, film in zip(self.body, self.film):
-                h = F.silu(layer(h) + film(emb))
+                h = F.silu(self.modulate(layer(h), film(emb)))
         else:
             for layer, film, norm in zip(self.body, self.film, self.norms):
-                h = F.silu(norm(layer(h)) + film(emb)[:, :, None, None])
+                h = F.silu(self.modulate(norm(layer(h)), film(emb)[:, :, None, None]))
             h = h.flatten(1) if self.cfg.pool == "dense" else h.mean(dim=(2, 3))
         return self.head(h).squeeze(1).float()
+
+
+    def modulate(self, h: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """``h + a`` (``film = a``) or ``h (1 + b) + a`` (``film = [a, b]`` along the channels), per ``cfg.film``."""
+        if self.cfg.film == "shift":
+            return h + film
+        shift, scale = film.chunk(2, dim=1)
+        return h * (1 + scale) + shift
 
 
 def discriminator_loss(disc: nn.Module, x_ref: torch.Tensor, sigma_ref: torch.Tensor, x_bias: torch.Tensor,
@@ -319,14 +334,15 @@ def tiw_dsm_loss(denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, 
 def describe_tiw_training(training: dict) -> str:
     """One line per recorded training fact of a ``tiw`` checkpoint (its ``training`` metadata), for display."""
     disc = training.get("discriminator") or {}
-    bias = training.get("bias") or {}
+    cfg, bias = disc.get("config") or {}, training.get("bias") or {}
+    film = "" if cfg.get("film", "shift") == "shift" else f"{cfg['film']} film, "
     lines = [
         f"method: {training.get('method', 'TIW-DSM')} (loss mode {training.get('loss_mode', '?')})",
         f"bias: {bias.get('attribute', '?')} ratio {bias.get('colour_ratio', '?')} in D_bias ({training.get('n_bias', '?')} images)",
         f"reference fraction: {training.get('reference_fraction', '?')} (D_ref {training.get('n_reference', '?')} images, balanced)",
         f"discriminator: {disc.get('path', '?')} ({'trained in the run' if disc.get('trained_in_run') else 'given'}, "
-        f"{disc.get('steps', '?')} steps, clip {(disc.get('config') or {}).get('clip', '?')}, "
-        f"{(disc.get('config') or {}).get('pool', 'mean')} pool, objective {disc.get('objective', 'bce')}, "
+        f"{disc.get('steps', '?')} steps, widths {tuple(cfg.get('widths', ())) or '?'}, clip {cfg.get('clip', '?')}, {cfg.get('pool', 'mean')} pool, {film}"
+        f"objective {disc.get('objective', 'bce')}, "
         f"{disc.get('condition', 'marginal w_t(x)')})",
         f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
         f"started from {training.get('init') or 'scratch'}",

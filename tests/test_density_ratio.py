@@ -16,6 +16,7 @@ from fair_core.density_ratio import (DiscriminatorConfig, TimeDependentDiscrimin
                                      correction_matching_loss, ratio, tiw_dsm_loss, tiw_dsm_target,
                                      weighted_discriminator_loss)
 from fair_core.errors import FairSamplingError
+from fair_core.models import config_from_dict
 from fair_core.toy_gmm import GaussianMixture, true_grad_log_ratio, true_log_ratio
 
 MEANS = ((-1.5,), (1.5,))
@@ -207,6 +208,29 @@ def test_bad_input_is_refused():
         tiw_dsm_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.ones(2), torch.zeros(2), torch.zeros(2, 1), mode="iw")
     with pytest.raises(FairSamplingError, match=r"pool must be one of .*mean.*dense.*got 'max'"):
         DiscriminatorConfig(pool="max")
+    with pytest.raises(FairSamplingError, match=r"film must be one of .*shift.*scale_shift.*got 'gain'"):
+        DiscriminatorConfig(film="gain")
+
+
+def test_scale_shift_film_is_a_gain_and_a_bias_and_old_configs_read_as_shift():
+    """``film = "scale_shift"`` maps a layer's normalised features ``h`` to ``h (1 + b) + a``; a config saved before
+    the field existed reads as ``"shift"`` (``h + a``), so older discriminator checkpoints load unchanged."""
+    assert config_from_dict(DiscriminatorConfig, {"arch": "cnn", "widths": [8, 8], "pool": "dense"}).film == "shift"
+    torch.manual_seed(0)
+    cfg = DiscriminatorConfig(arch="mlp", channels=1, widths=(4,), embed_dim=8, film="scale_shift")
+    disc = TimeDependentDiscriminator(cfg)
+    assert disc.film[0].out_features == 8  # shift and scale of 4 units
+    h, film = torch.randn(3, 4), torch.randn(3, 8)
+    torch.testing.assert_close(disc.modulate(h, film), h * (1 + film[:, 4:]) + film[:, :4])
+    shift = TimeDependentDiscriminator(DiscriminatorConfig(arch="mlp", channels=1, widths=(4,), embed_dim=8))
+    torch.testing.assert_close(shift.modulate(h, film[:, :4]), h + film[:, :4])
+    with torch.no_grad():  # a zero scale makes it the shift form exactly
+        disc.film[0].weight[4:].zero_(), disc.film[0].bias[4:].zero_()
+        for name in ("embed", "body", "head"):
+            getattr(shift, name).load_state_dict(getattr(disc, name).state_dict())
+        shift.film[0].weight.copy_(disc.film[0].weight[:4]), shift.film[0].bias.copy_(disc.film[0].bias[:4])
+        x, sigma = torch.randn(5, 1), torch.rand(5) * 10
+        torch.testing.assert_close(disc(x, sigma), shift(x, sigma))
 
 
 def test_dense_head_places_its_input_gradient_the_mean_head_cannot():

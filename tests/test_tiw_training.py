@@ -55,12 +55,14 @@ def test_tiny_run_exports_a_tiw_model_and_its_discriminator(tiny_run):
 
 def test_discriminator_batch_and_schedule_are_their_own_and_recorded(tmp_path):
     main([*TINY, "--steps", "1", "--disc-steps", "2", "--disc-batch", "6", "--disc-schedule", "cosine", "--disc-model", "medium",
-          "--disc-pool", "dense", "--outdir", str(tmp_path), "--export", str(tmp_path / "tiw.safetensors")])
+          "--disc-pool", "dense", "--disc-film", "scale_shift", "--outdir", str(tmp_path), "--export", str(tmp_path / "tiw.safetensors")])
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     disc = checkpoints.load(run / "discriminator.safetensors", kind="discriminator")
     assert disc.training["batch"] == 6 and disc.training["lr_schedule"] == "cosine" and disc.config.widths == (64, 128, 128)
     assert disc.config.pool == "dense" and disc.model.head.in_features == 128 * 7 * 7
-    assert "clip 1e-05, dense pool, objective bce" in describe_tiw_training(checkpoints.load(tmp_path / "tiw.safetensors", kind="tiw").training)
+    assert disc.config.film == "scale_shift" and disc.model.film[0].out_features == 2 * 64
+    assert "2 steps, widths (64, 128, 128), clip" in describe_tiw_training(checkpoints.load(tmp_path / "tiw.safetensors", kind="tiw").training)
+    assert "clip 1e-05, dense pool, scale_shift film, objective bce" in describe_tiw_training(checkpoints.load(tmp_path / "tiw.safetensors", kind="tiw").training)
     with pytest.raises(SystemExit):
         main([*TINY, "--disc-batch", "1", "--outdir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
@@ -181,7 +183,8 @@ def test_weighted_objective_trains_a_teacher_then_a_discriminator_on_biased_imag
     assert disc.training["teacher_w0_mean"] > 0 and disc.training["batch"] == 4
     assert not torch.equal(teacher.model.head.weight, disc.model.head.weight)
     facts = checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"]["discriminator"]
-    assert facts["objective"] == "weighted" and facts["trained_in_run"]
+    assert facts["objective"] == "weighted" and facts["trained_in_run"] and facts["teacher"] == disc.training["teacher"]
+    assert facts["command"] == disc.training["command"] and facts["command"].startswith("python -m training tiw")
     assert "mean pool, objective weighted, w_t(x | y), y = the digit label)" in describe_tiw_training(checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"])
 
 

@@ -42,7 +42,8 @@ from fair_core.models import CONDITIONS, config_from_dict
 from . import cli
 from .runs import Loop, load_state, step_generator
 
-DISC_WIDTHS = {"tiny": (8, 16), "small": (32, 64, 64), "medium": (64, 128, 128)}
+# CNN widths per level (the first at full size, then stride 2); "deep" reaches a 2x2 map, a receptive field of the image
+DISC_WIDTHS = {"tiny": (8, 16), "small": (32, 64, 64), "medium": (64, 128, 128), "deep": (32, 64, 64, 128, 128)}
 DISC_SCHEDULES = ("constant", "cosine")
 DISC_CONDITIONS = ("model", "none")  # --disc-condition: the score model's label (w_t(x | y)), or none (w_t(x))
 GRAD_WEIGHT = 0.3  # --disc-grad-weight's default
@@ -116,7 +117,8 @@ def train_stage(opts, run_dir: Path, name: str, channels: int, loss_fn, record: 
     """Train a discriminator (fresh, or from the ``init`` export) with ``loss_fn(disc, step)``, resumable in
     ``run_dir/name``; export ``name.safetensors``."""
     cfg = DiscriminatorConfig(arch="cnn", channels=channels, sample_size=28, widths=DISC_WIDTHS[opts["disc_model"]],
-                              pool=opts.get("disc_pool", "mean"), prior_ref=0.5, clip=opts["clip"], num_classes=classes)
+                              pool=opts.get("disc_pool", "mean"), film=opts.get("disc_film", "shift"), prior_ref=0.5,
+                              clip=opts["clip"], num_classes=classes)
     torch.manual_seed(opts["seed"] + 1)
     disc = TimeDependentDiscriminator(cfg).to(device)
     if init is not None:
@@ -276,5 +278,6 @@ def get_discriminator(opts, run_dir: Path, bias, ref, schedule, device) -> tuple
     facts = {"path": str(path), "trained_in_run": opts["discriminator"] is None, "config": dataclasses.asdict(ckpt.config),
              "condition": "marginal w_t(x)" if not ckpt.config.num_classes else f"w_t(x | y), y = the {schedule.cfg.condition} label",
              "steps": ckpt.training.get("steps"), "objective": ckpt.training.get("objective", "bce"),
+             "command": ckpt.training.get("command"), "teacher": ckpt.training.get("teacher"),
              "ratio": "w_t = ((1 - prior_ref) / prior_ref) * d / (1 - d)"}
     return ckpt.model, facts

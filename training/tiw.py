@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS, DiscriminatorConfig, log_ratio, log_ratio_and_grad, tiw_dsm_loss
+from fair_core.density_ratio import DISC_FILMS, DISC_OBJECTIVES, DISC_POOLS, DiscriminatorConfig, log_ratio, log_ratio_and_grad, tiw_dsm_loss
 from fair_core.denoiser import DiscreteVPDenoiser, drop_labels
 from fair_core.errors import DataError, FairSamplingError, check_range
 from fair_core.models import CONDITIONS
@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
     g.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS),
                    help="discriminator head: global average of the last map (translation invariant) or the whole map (dense, "
                         "position-aware, as the official code's attention-pooled classifier)")
+    g.add_argument("--disc-film", default="shift", choices=list(DISC_FILMS),
+                   help="how the noise level enters each discriminator layer: shift (an added bias) or scale_shift (also "
+                        "a gain, so the ratio's steepness in x can follow sigma)")
     g.add_argument("--disc-objective", default="bce", choices=list(DISC_OBJECTIVES),
                    help="bce: reference vs biased images (paper); weighted: biased images alone, weighted by the clean ratio "
                         "w0(x0) of a bce teacher, so w_t = E_bias[w0 | x_t] is learned from the large set; gradient: weighted, "
