@@ -181,6 +181,13 @@ class TimeDependentDiscriminator(nn.Module):
             raise FairSamplingError(f"discriminator input must have shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)} "
                                     f"(a discriminator trained for another data shape?)")
 
+    def modulate(self, h: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """``h + a`` (``film = a``) or ``h (1 + b) + a`` (``film = [a, b]`` along the channels), per ``cfg.film``."""
+        if self.cfg.film == "shift":
+            return h + film
+        shift, scale = film.chunk(2, dim=1)
+        return h * (1 + scale) + shift
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(x)
         dtype = self.head.weight.dtype
@@ -199,14 +206,6 @@ class TimeDependentDiscriminator(nn.Module):
                 h = F.silu(self.modulate(norm(layer(h)), film(emb)[:, :, None, None]))
             h = h.flatten(1) if self.cfg.pool == "dense" else h.mean(dim=(2, 3))
         return self.head(h).squeeze(1).float()
-
-
-    def modulate(self, h: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """``h + a`` (``film = a``) or ``h (1 + b) + a`` (``film = [a, b]`` along the channels), per ``cfg.film``."""
-        if self.cfg.film == "shift":
-            return h + film
-        shift, scale = film.chunk(2, dim=1)
-        return h * (1 + scale) + shift
 
 
 def discriminator_loss(disc: nn.Module, x_ref: torch.Tensor, sigma_ref: torch.Tensor, x_bias: torch.Tensor,
@@ -341,8 +340,8 @@ def describe_tiw_training(training: dict) -> str:
         f"bias: {bias.get('attribute', '?')} ratio {bias.get('colour_ratio', '?')} in D_bias ({training.get('n_bias', '?')} images)",
         f"reference fraction: {training.get('reference_fraction', '?')} (D_ref {training.get('n_reference', '?')} images, balanced)",
         f"discriminator: {disc.get('path', '?')} ({'trained in the run' if disc.get('trained_in_run') else 'given'}, "
-        f"{disc.get('steps', '?')} steps, widths {tuple(cfg.get('widths', ())) or '?'}, clip {cfg.get('clip', '?')}, {cfg.get('pool', 'mean')} pool, {film}"
-        f"objective {disc.get('objective', 'bce')}, "
+        f"{disc.get('steps', '?')} steps, widths {tuple(cfg.get('widths', ())) or '?'}, clip {cfg.get('clip', '?')}, "
+        f"{cfg.get('pool', 'mean')} pool, {film}objective {disc.get('objective', 'bce')}, "
         f"{disc.get('condition', 'marginal w_t(x)')})",
         f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
         f"started from {training.get('init') or 'scratch'}",
