@@ -42,7 +42,7 @@ from fair_core.models import CONDITIONS, config_from_dict
 from . import cli
 from .runs import Loop, load_state, step_generator
 
-# CNN widths per level (the first at full size, then stride 2); "deep" reaches a 2x2 map, a receptive field of the image
+# CNN widths per level (the first at full size, then stride 2); "deep" reaches a 2x2 map (receptive field 33 pixels)
 DISC_WIDTHS = {"tiny": (8, 16), "small": (32, 64, 64), "medium": (64, 128, 128), "deep": (32, 64, 64, 128, 128)}
 DISC_SCHEDULES = ("constant", "cosine")
 DISC_CONDITIONS = ("model", "none")  # --disc-condition: the score model's label (w_t(x | y)), or none (w_t(x))
