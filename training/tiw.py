@@ -58,8 +58,9 @@ def add_parser(sub) -> None:
                    help="model: a class-conditional score model gets a discriminator conditional on the same label, "
                         "w_t(x | y), whose correction is the one its TIW-DSM target needs; none: the marginal w_t(x) "
                         "(too weak a correction for a conditional model, see fair_core.density_ratio)")
-    g.add_argument("--disc-model", default="small", choices=list(DISC_WIDTHS), help="discriminator CNN widths: tiny, small (3 levels, to a 7x7 map), medium (small, twice as wide), deep "
-                        "(5 levels, to a 2x2 map: a receptive field of 33 pixels)")
+    g.add_argument("--disc-model", default="small", choices=list(DISC_WIDTHS),
+                   help="discriminator CNN widths: tiny, small (3 levels, to a 7x7 map), medium (small, twice as wide), "
+                        "deep (5 levels, to a 2x2 map: a receptive field of 33 pixels)")
     g.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS),
                    help="discriminator head: global average of the last map (translation invariant) or the whole map (dense, "
                         "position-aware, as the official code's attention-pooled classifier)")
