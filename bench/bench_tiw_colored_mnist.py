@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _bench import add_eval_parser, add_run_options, run_plan, write_json  # noqa: E402
-from fair_core import checkpoints, evaluation, plots  # noqa: E402
+from fair_core import checkpoints, evaluation, features, plots  # noqa: E402
 from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS  # noqa: E402
 from training.discriminator import DISC_CONDITIONS, DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
 
@@ -132,18 +132,35 @@ def run(a) -> None:
 
 
 @torch.no_grad()
-def evaluate_model(path: str, clf, n: int, steps: int, seed: int, device="cpu") -> dict:
+def evaluate_model(path: str, clf, n: int, steps: int, seed: int, device="cpu", by_colour: int | None = None) -> dict:
     ckpt = checkpoints.load(path, device=device)
-    report, _ = evaluation.evaluate(ckpt.model, clf, n, steps, seed=seed, device=device, disable=True)
+    report, images = evaluation.evaluate(ckpt.model, clf, n, steps, seed=seed, device=device, disable=True)
     t = ckpt.training
     method = {"dsm": "ref" if t["data"]["part"] == "reference" else "dsm", "tiw": t.get("loss_mode", "tiw")}[ckpt.kind]
+    extra = {"quality_by_colour": quality_by_colour(clf, images, by_colour, seed)} if by_colour else {}
     return {"path": path, "kind": ckpt.kind, "method": method, "reference_fraction": t["data"]["reference_fraction"],
-            "init": t.get("init"), "train_steps": t["steps"], **report}
+            "init": t.get("init"), "train_steps": t["steps"], **report, **extra}
 
 
-def evaluate_all(paths: list[str], n: int, steps: int, seed: int, json_path, png_path, device="cpu") -> list[dict]:
+def quality_by_colour(clf, images: torch.Tensor, size: int, seed: int) -> dict:
+    """The quality figure of each colour's samples alone (as the evaluation classifier reads the colour), on ``size`` of
+    them drawn at random, so that both colours and every model are measured at the same n (the figure falls with n);
+    ``None`` for a colour with fewer than ``size`` samples."""
+    colour = features.classify(clf, images)["colour"].argmax(1)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for c, name in enumerate(("red", "green")):
+        idx = torch.nonzero(torch.as_tensor(colour == c)).flatten()
+        pick = idx[torch.randperm(len(idx), generator=g)[:size]]
+        fd = features.classifier_feature_fd(clf, images[pick]) if len(idx) >= size else None
+        out[name] = {"available": len(idx), "n": size, "quality": None if fd is None else round(float(fd), 3)}
+    return out
+
+
+def evaluate_all(paths: list[str], n: int, steps: int, seed: int, json_path, png_path, device="cpu",
+                 by_colour: int | None = None) -> list[dict]:
     clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier", device=device).model
-    results = [evaluate_model(p, clf, n, steps, seed, device) for p in paths]
+    results = [evaluate_model(p, clf, n, steps, seed, device, by_colour) for p in paths]
     write_json(results, json_path)
     report(results, png_path)
     return results
@@ -179,7 +196,9 @@ def table(results: list[dict]) -> str:
 
 
 def eval_cmd(a) -> None:
-    evaluate_all(a.models, a.n, a.steps, a.seed, a.json, a.png, a.device)
+    if a.by_colour is not None and not 2 <= a.by_colour <= a.n:
+        raise SystemExit(f"--by-colour must be a sample count in [2, --n = {a.n}], got {a.by_colour}")
+    evaluate_all(a.models, a.n, a.steps, a.seed, a.json, a.png, a.device, a.by_colour)
 
 
 def report_cmd(a) -> None:
@@ -209,7 +228,9 @@ def main() -> None:
         s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                        help="which of the four models to train and evaluate (iw needs the tiw run's discriminator)")
         add_run_options(s, "bench/out/tiw_ft", "tiny models, 3 steps, 16 samples")
-    add_eval_parser(sub, "the colour proportions")
+    e = add_eval_parser(sub, "the colour proportions")
+    e.add_argument("--by-colour", type=int, default=None, metavar="M",
+                   help="also the quality figure of each colour's samples alone, on M of them each (see quality_by_colour)")
     r = sub.add_parser("report", help="the table (and chart) of a saved eval JSON again")
     r.add_argument("json")
     r.add_argument("--png", default=None)

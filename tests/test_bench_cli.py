@@ -166,6 +166,24 @@ def test_real_biased_images_read_as_the_data_share():
     assert row["real_biased_test_images"] == 500 and 0.08 <= row["green"] <= 0.12, row
 
 
+def test_quality_by_colour_measures_each_colour_at_the_same_n(capsys):
+    """Real 90:10 test digits: red has enough images for a figure at n = 40, green (about 10 of 100) has not, and the
+    red figure is the classifier-feature FD of 40 of the red images; --by-colour is checked against --n."""
+    from fair_core import checkpoints, evaluation, features
+    from training.data import DataConfig, load
+
+    bench = load_bench("bench_tiw_colored_mnist")
+    clf = checkpoints.load(evaluation.resolve_checkpoint("eval_classifier"), kind="classifier").model
+    images = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.9)).images(torch.arange(100))
+    out = bench.quality_by_colour(clf, images, 40, seed=0)
+    green = int((features.classify(clf, images)["colour"].argmax(1) == 1).sum())
+    assert out["green"] == {"available": green, "n": 40, "quality": None} and out["red"]["available"] == 100 - green >= 40
+    assert 0 < out["red"]["quality"] < float("inf") and out == bench.quality_by_colour(clf, images, 40, seed=0)
+    code, _ = run_script(BENCH / "bench_tiw_colored_mnist.py", ["eval", "models/colored_mnist_tiw.safetensors", "--n", "10",
+                                                                 "--by-colour", "20"], capsys)
+    assert code == "--by-colour must be a sample count in [2, --n = 10], got 20"
+
+
 def test_implied_share_of_the_exact_clean_ratio_is_one_half(monkeypatch):
     """w = 5 on green and 0.5 / 0.9 on red images (read from the pixels) reweights D_bias's 90:10 to 50:50 with mean w 1;
     w = 1 everywhere keeps the data's own 10 %."""
