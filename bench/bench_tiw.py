@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _bench import describe_device, synchronize, write_json  # noqa: E402
-from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator  # noqa: E402
+from fair_core.density_ratio import DISC_POOLS, DiscriminatorConfig, TimeDependentDiscriminator  # noqa: E402
 from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
 from fair_core.models import build_unet, named_config  # noqa: E402
 from training.tiw import DISC_WIDTHS, tiw_loss  # noqa: E402
@@ -35,6 +35,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mnist-s")
     p.add_argument("--disc-model", default="small", choices=list(DISC_WIDTHS))
+    p.add_argument("--disc-pool", default="mean", choices=list(DISC_POOLS), help="as training tiw's")
+    p.add_argument("--disc-condition", default="none", choices=["none", "model"],
+                   help="model: the discriminator reads the digit label too (training tiw's default, and the shipped recipe's)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=36, help="steps per method (in blocks of --block)")
     p.add_argument("--block", type=int, default=4)
@@ -48,7 +51,9 @@ def main():
     torch.manual_seed(0)
     cfg = dataclasses.replace(named_config("unet", args.model), prediction_type="v_prediction")
     model = DiscreteVPDenoiser(build_unet(cfg), cfg).to(device)
-    disc = TimeDependentDiscriminator(DiscriminatorConfig(widths=DISC_WIDTHS[args.disc_model])).to(device).eval().requires_grad_(False)
+    disc_cfg = DiscriminatorConfig(widths=DISC_WIDTHS[args.disc_model], pool=args.disc_pool,
+                                   num_classes=10 if args.disc_condition == "model" else 0)
+    disc = TimeDependentDiscriminator(disc_cfg).to(device).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)  # CPU: the batch here, the TIW step's noise in tiw_loss (drawn on the CPU, then moved)
     g_dev = torch.Generator(device=device).manual_seed(1)  # the DSM step's noise: DiscreteVPDenoiser.loss draws on x0's device
@@ -83,7 +88,8 @@ def main():
     disc_params = sum(q.numel() for q in disc.parameters())
     result = {"command": "python " + " ".join(sys.argv), "device": describe_device(device, args.threads), "model": args.model,
               "batch": args.batch, "threads": args.threads,
-              "discriminator": f"{args.disc_model} {DISC_WIDTHS[args.disc_model]} ({disc_params} parameters)",
+              "discriminator": f"{args.disc_model} {DISC_WIDTHS[args.disc_model]}, {args.disc_pool} head, "
+                               f"{'given the digit' if disc_cfg.num_classes else 'marginal'} ({disc_params} parameters)",
               "dsm_s_per_step": round(dsm, 4), "tiw_s_per_step": round(tiw, 4), "ratio": round(tiw / dsm, 3),
               **cpu_time_fields(cpu, device), "blocks": {k: [round(v, 4) for v in vs] for k, vs in times.items()}}
     write_json(result, args.out)

@@ -54,6 +54,9 @@ def main():
     p.add_argument("--gammas", default="0,1,2", help="--guide: scales of the correction, comma-separated")
     p.add_argument("--band", default=None, metavar="LO:HI", help="--guide: apply gamma only where LO <= sigma < HI (1 elsewhere)")
     p.add_argument("--guide-n", type=int, default=500, help="--guide: samples per gamma")
+    p.add_argument("--smooth", default=None, metavar="F:K",
+                   help="--guide: read the discriminator's logit as its mean over K inputs x + F sigma n (fixed n), so that "
+                        "its gradient is smoothed at the scale F sigma (SmoothedLogit)")
     p.add_argument("--implied-at", default=None, metavar="SIGMAS",
                    help="also report, over the 5 %% split's biased training images, the mean w and the green share w implies "
                         "(sum of w over green / sum of w) at these comma-separated sigmas: a clean ratio w0 that reweights "
@@ -97,6 +100,8 @@ def main():
         out["correction_vs_model_difference"] = compare_gradient(disc, *args.against, args.n, device)
     if args.guide:
         band = parse_band(args.band) if args.band else (0.0, math.inf)
+        if args.smooth:
+            disc = SmoothedLogit(disc, *parse_smooth(args.smooth))
         out["guided"] = guided_sampling(disc, args.guide, [float(gm) for gm in args.gammas.split(",")], band, args.guide_n, device)
     write_json(out, args.json)
 
@@ -169,6 +174,35 @@ def parse_band(text: str) -> tuple[float, float]:
     if not 0 <= lo < hi:
         raise SystemExit(f"--band must be LO:HI with 0 <= LO < HI (sigmas), got {text!r}")
     return lo, hi
+
+
+def parse_smooth(text: str) -> tuple[float, int]:
+    try:
+        fraction, draws = float(text.split(":")[0]), int(text.split(":")[1])
+    except (ValueError, IndexError):
+        fraction, draws = -1.0, 0
+    if not (fraction > 0 and draws >= 1) or text.count(":") != 1:
+        raise SystemExit(f"--smooth must be F:K with F > 0 (a fraction of sigma) and K >= 1 draws, got {text!r}")
+    return fraction, draws
+
+
+class SmoothedLogit(torch.nn.Module):
+    """``f_s(x) = mean_k f(x + F sigma n_k)`` over K fixed draws ``n_k`` (the same at every call, so ``f_s`` is a
+    function of ``x``): its input gradient is the discriminator's averaged over a ball of radius ~ F sigma. The exact
+    ``log w_t`` is smooth at the scale sigma, so a small F changes it little, while a CNN's high-frequency input
+    gradient averages out."""
+
+    def __init__(self, disc, fraction: float, draws: int, seed: int = 0):
+        super().__init__()
+        self.disc, self.fraction, self.draws, self.seed, self.cfg = disc, fraction, draws, seed, disc.cfg
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        s = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0])
+        g = torch.Generator(device=x.device).manual_seed(self.seed)
+        noise = torch.randn((self.draws, *x.shape), generator=g, device=x.device, dtype=x.dtype)
+        xs = (x[None] + self.fraction * s.view(1, -1, *([1] * (x.ndim - 1))) * noise).flatten(0, 1)
+        labels = None if class_labels is None else class_labels.repeat(self.draws)
+        return self.disc(xs, s.repeat(self.draws), labels).view(self.draws, -1).mean(0)
 
 
 class CorrectedDenoiser(torch.nn.Module):

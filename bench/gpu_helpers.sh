@@ -1,5 +1,5 @@
-# Shell helpers of the lent-GPU session scripts from the fourth on (bench/gpu_session_4.sh); the first three keep their
-# own copies, as the records of what ran. Source it after setting T0 (the start, `date +%s`), TRAIN_MIN (the training
+# Shell helpers of the lent-GPU session scripts from the third on (bench/gpu_session_3.sh, bench/gpu_session_4.sh; the
+# first two keep their own copies). Source it after setting T0 (the start, `date +%s`), TRAIN_MIN (the training
 # deadline, minutes after T0), W (the work folder), OUT (the folder that comes back), DEV (cpu | cuda) and PY (python).
 
 stage() { echo "== $(date +%T) (+$(($(date +%s) - T0)) s) $*"; }
@@ -28,11 +28,12 @@ resume_to() {  # resume_to NAME COMMAND RUN_DIR STEPS...: resume a `training COM
     done
 }
 
-eval_all() {  # eval_all MINUTES N EXPORT...: each export evaluated in its own process ($W/eval_NAME.json), then a summary
-    local minutes=$1 n=$2 f name; shift 2
+eval_all() {  # eval_all MINUTES N EXPORT...: each export evaluated in its own process, then a summary of all
+    local minutes=$1 n=$2 f name; shift 2  # NAME: the export's file name, after its folder's unless that is $W
     for f in "$@"; do
         [ -f "$f" ] || continue
         name=$(basename "$f" .safetensors)
+        [ "$(dirname "$f")" = "$W" ] || name=$(basename "$(dirname "$f")")_$name
         timeout "$(awk -v m="$minutes" 'BEGIN { print m * 60 }')" $PY bench/bench_tiw_colored_mnist.py eval "$f" --n "$n" \
             --device "$DEV" --json "$W/eval_$name.json" >"$W/logs/eval_$name.log" 2>&1 &
     done

@@ -17,6 +17,7 @@
 # 3. every export evaluated on the GPU at N samples, one process per model;
 # 4. the speed rows on the then idle GPU: bench/gpu_speed.sh (issues 6, 7) and the TIW step against the DSM step.
 # Every training command is the one the bench's own `plan` prints, plus device, threads and time limit.
+# Its shell helpers (stage, left, train, plan, eval_all, pack) moved to bench/gpu_helpers.sh at stop 23, unchanged.
 # Carried along: the two discriminators it reads ($D8, $TEACHER).
 # A pipeline check on the CPU (about 6 minutes on 2 cores; a shorter TRAIN_MIN cuts the discriminators, whose w0 pass
 # takes 2 minutes there):
@@ -31,20 +32,7 @@ BIASED=models/colored_mnist_dsm.safetensors
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$W/logs" "$OUT"
 T0=$(date +%s)
-stage() { echo "== $(date +%T) (+$(($(date +%s) - T0)) s) $*"; }
-# left: minutes to the training deadline, at least 0.05 (a --time-limit of 0 would mean none)
-left() { awk -v d="$T0" -v n="$(date +%s)" -v m="$TRAIN_MIN" 'BEGIN { x = m - (n - d) / 60; printf "%.2f", x < 0.05 ? 0.05 : x }'; }
-left_s() { awk -v m="$(left)" 'BEGIN { printf "%d", m * 60 + 1 }'; }  # the same in whole seconds, for timeout
-train() {  # train NAME COMMAND...: logged to $W/logs/NAME.log, stopped at the deadline
-    local name=$1; shift
-    "$@" --device "$DEV" --threads 1 --time-limit "$(left)" >"$W/logs/$name.log" 2>&1; echo "-- $(date +%T) $name exit $?"
-}
-plan() {  # plan METHOD ARGS...: the bench's training command for METHOD at 5 % reference, run by $PY
-    local method=$1; shift
-    $PY bench/bench_tiw_colored_mnist.py plan --fractions 0.05 --disc-pool dense --methods "$method" "$@" |
-        grep "^python -m training" | sed "s|^python |$PY |"
-}
-pack() { tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='state*' "$W" 2>/dev/null; }
+. bench/gpu_helpers.sh  # stage, left, left_s, train, plan, eval_all, pack
 
 stage "device"
 $PY -c "import torch, diffusers, training.data as d; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
@@ -78,21 +66,7 @@ tail -qn 1 "$W"/logs/*.log | cut -c1-300
 pack
 
 stage "evaluation, at most $EVAL_MIN min"
-for f in "$W"/ft/*.safetensors "$W"/ft32/*.safetensors "$W"/scratch/*.safetensors; do
-    [ -f "$f" ] || continue
-    name=$(basename "$(dirname "$f")")_$(basename "$f" .safetensors)
-    timeout "$(awk -v m="$EVAL_MIN" 'BEGIN { print m * 60 }')" $PY bench/bench_tiw_colored_mnist.py eval "$f" --n "$N" \
-        --device "$DEV" --json "$W/eval_$name.json" >"$W/logs/eval_$name.log" 2>&1 &
-done
-wait
-$PY - "$W"/eval_*.json <<'END'
-import json, sys
-for path in sys.argv[1:]:
-    for r in json.load(open(path)):
-        c = r["colour"]
-        print(path.split("/")[-1][5:-5], r.get("train_steps", ""), c["proportions"], "FD", c["fd"],
-              "quality", r["quality"]["classifier_feature_fd"])
-END
+eval_all "$EVAL_MIN" "$N" "$W"/ft/*.safetensors "$W"/ft32/*.safetensors "$W"/scratch/*.safetensors
 pack
 
 if [ "$SPEED" = 1 ]; then

@@ -343,6 +343,7 @@ def describe_tiw_training(training: dict) -> str:
         f"{disc.get('steps', '?')} steps, widths {tuple(cfg.get('widths', ())) or '?'}, clip {cfg.get('clip', '?')}, "
         f"{cfg.get('pool', 'mean')} pool, {film}objective {disc.get('objective', 'bce')}, "
         f"{disc.get('condition', 'marginal w_t(x)')})",
+        *([f"correction: only where sigma >= {training['correction_sigma_min']}"] if training.get("correction_sigma_min") else []),
         f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
         f"started from {training.get('init') or 'scratch'}",
         f"command: {training.get('command', '?')}",

@@ -147,6 +147,26 @@ def test_corrected_denoiser_adds_the_scaled_correction_inside_its_band():
     assert corrected.sigma_max == model.sigma_max and corrected.cfg is model.cfg
 
 
+def test_smoothed_logit_averages_the_discriminator_over_fixed_draws():
+    from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator, log_ratio_and_grad
+
+    bench = load_bench("bench_tiw_discriminator")
+    torch.manual_seed(0)
+    disc = TimeDependentDiscriminator(DiscriminatorConfig(arch="cnn", channels=3, sample_size=28, widths=(8, 16), num_classes=10)).eval()
+    x, sigma, y = torch.randn(2, 3, 28, 28) * 3, torch.tensor([2.0, 5.0]), torch.tensor([1, 7])
+    smooth = bench.SmoothedLogit(disc, 0.3, 3)
+    n = torch.randn((3, 2, 3, 28, 28), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = torch.stack([disc(x + 0.3 * sigma.view(-1, 1, 1, 1) * n[k], sigma, y) for k in range(3)]).mean(0)
+        assert torch.allclose(smooth(x, sigma, y), want, atol=1e-5) and torch.equal(smooth(x, sigma, y), smooth(x, sigma, y))
+    tiny = log_ratio_and_grad(bench.SmoothedLogit(disc, 1e-6, 2), x, sigma, y)[1]
+    assert torch.allclose(tiny, log_ratio_and_grad(disc, x, sigma, y)[1], rtol=1e-3, atol=1e-6)
+    assert bench.parse_smooth("0.25:4") == (0.25, 4)
+    for bad in ("0.25", "0:4", "0.2:0", "a:b", "1:2:3"):
+        with pytest.raises(SystemExit, match="--smooth must be F:K"):
+            bench.parse_smooth(bad)
+
+
 @pytest.mark.parametrize("band", ["3", "10:3", "a:b", "-1:2"])
 def test_guide_band_is_checked(band, capsys):
     bench = load_bench("bench_tiw_discriminator")

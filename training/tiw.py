@@ -90,6 +90,10 @@ def add_parser(sub) -> None:
                    help="discriminator batch, half reference and half biased (default: --batch); the ratio at high noise "
                         "is close to 1 and its gradient needs many samples")
     g.add_argument("--clip", type=float, default=1e-5, help="d is clipped to [clip, 1 - clip] (official code: 1e-5)")
+    g.add_argument("--correction-sigma-min", type=float, default=0.0, metavar="S",
+                   help="apply the score correction only where sigma >= S (the weight stays): below the noise level at "
+                        "which the attribute is plainly decided the exact correction is ~0, and a learned one is only error "
+                        "(0: everywhere, the paper's loss)")
     cli.add_data(p, colour_ratio=0.9)
     p.set_defaults(reference_fraction=0.05)
     cli.add_common(p, steps=6000, batch=64, lr=3e-4)
@@ -102,6 +106,7 @@ def check_options(opts: dict) -> None:
         raise FairSamplingError(f"--part must be 'biased' for tiw (it loads both parts itself), got {opts['part']!r}")
     check_range("--disc-steps", opts["disc_steps"], 1, integer=True)
     check_range("--disc-lr", opts["disc_lr"], 0.0, low_open=True)
+    check_range("--correction-sigma-min", opts.get("correction_sigma_min", 0.0), 0.0)
     if opts.get("disc_batch") is not None:
         check_range("--disc-batch", opts["disc_batch"], 2, integer=True)
     if opts["discriminator"] is None:
@@ -181,7 +186,8 @@ def main(args: argparse.Namespace) -> None:
             labels = drop_labels(labels, cfg.class_dropout, g).to(device)
         for group in opt.param_groups:
             group["lr"] = opts["lr"] * min(1.0, (step + 1) / max(opts["warmup"], 1))
-        per_sample, log_w = tiw_loss(model, disc, opts["loss_mode"], x0.to(device), labels, (~is_ref).to(device), g)
+        per_sample, log_w = tiw_loss(model, disc, opts["loss_mode"], x0.to(device), labels, (~is_ref).to(device), g,
+                                     opts.get("correction_sigma_min", 0.0))
         loss = per_sample.mean()
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or raise --clip")
@@ -197,12 +203,14 @@ def main(args: argparse.Namespace) -> None:
         "method": "TIW-DSM (Kim et al. 2024, arXiv 2403.01189)", "loss_mode": opts["loss_mode"],
         "reference_fraction": opts["reference_fraction"], "bias": {"attribute": "colour", "colour_ratio": opts["colour_ratio"]},
         "n_bias": len(bias), "n_reference": len(ref), "discriminator": disc_facts,
-    }
+    } | ({"correction_sigma_min": opts["correction_sigma_min"]} if opts.get("correction_sigma_min") else {})
     export(run_dir, ema.model, "tiw", cfg, training, opts["export"])
 
 
-def tiw_loss(model: DiscreteVPDenoiser, disc, loss_mode: str, x0, labels, is_bias, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def tiw_loss(model: DiscreteVPDenoiser, disc, loss_mode: str, x0, labels, is_bias, g: torch.Generator,
+             correction_sigma_min: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample TIW-DSM loss of one batch (``is_bias``: rows from D_bias) and the ``log w`` used; noise from ``g`` (CPU).
+    ``correction_sigma_min``: no correction on rows whose sigma is below it (``--correction-sigma-min``).
 
     The weighting ``lambda(sigma)`` makes it the DDPM loss of ``training dsm``: (sigma^2 + 1) / sigma^2 for v-prediction
     (``|| v - v_target ||^2 = || D - D_target ||^2 (sigma^2 + 1) / sigma^2``), 1 / sigma^2 for eps-prediction.
@@ -210,6 +218,8 @@ def tiw_loss(model: DiscreteVPDenoiser, disc, loss_mode: str, x0, labels, is_bia
     sigma = model.sigmas[draw_t(model, x0.shape[0], g).to(x0.device)]
     x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g).to(x0.device)
     log_w, grad = tiw_terms(disc, loss_mode, x0, x, sigma, is_bias, model.sigma_min, labels)
+    if correction_sigma_min > 0:
+        grad = grad * (sigma >= correction_sigma_min).view(-1, *([1] * (grad.ndim - 1))).to(grad.dtype)
     lam = (sigma**2 + 1) / sigma**2 if model.cfg.prediction_type == "v_prediction" else sigma**-2
     mode = {"iw": "weight"}.get(loss_mode, loss_mode)
     return tiw_dsm_loss(model(x, sigma, class_labels=labels), x0, sigma, log_w, grad, mode=mode, lambda_sigma=lam), log_w
