@@ -76,6 +76,9 @@ def main():
     if (args.discriminator == "oracle") != (args.oracle is not None):
         raise SystemExit("--oracle {marginal,conditional} goes with DISCRIMINATOR 'oracle', and 'oracle' needs it; got "
                          f"{args.discriminator!r} with --oracle {args.oracle}")
+    for option, value in (("--band", args.band), ("--smooth", args.smooth)):
+        if value is not None and not args.guide:
+            raise SystemExit(f"{option} shapes the correction of --guide sampling; give --guide BIASED too (got {option} {value})")
     if args.discriminator == "oracle":
         disc = KernelRatio(args.oracle).to(device)
     else:

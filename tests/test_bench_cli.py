@@ -147,7 +147,7 @@ def test_corrected_denoiser_adds_the_scaled_correction_inside_its_band():
     assert corrected.sigma_max == model.sigma_max and corrected.cfg is model.cfg
 
 
-def test_smoothed_logit_averages_the_discriminator_over_fixed_draws():
+def test_smoothed_logit_averages_the_discriminator_over_fixed_draws(capsys):
     from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator, log_ratio_and_grad
 
     bench = load_bench("bench_tiw_discriminator")
@@ -162,6 +162,8 @@ def test_smoothed_logit_averages_the_discriminator_over_fixed_draws():
     tiny = log_ratio_and_grad(bench.SmoothedLogit(disc, 1e-6, 2), x, sigma, y)[1]
     assert torch.allclose(tiny, log_ratio_and_grad(disc, x, sigma, y)[1], rtol=1e-3, atol=1e-6)
     assert bench.parse_smooth("0.25:4") == (0.25, 4)
+    code, _ = run_script(BENCH / "bench_tiw_discriminator.py", ["oracle", "--oracle", "marginal", "--smooth", "0.3:4"], capsys)
+    assert code == "--smooth shapes the correction of --guide sampling; give --guide BIASED too (got --smooth 0.3:4)"
     for bad in ("0.25", "0:4", "0.2:0", "a:b", "1:2:3"):
         with pytest.raises(SystemExit, match="--smooth must be F:K"):
             bench.parse_smooth(bad)

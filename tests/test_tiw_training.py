@@ -121,6 +121,7 @@ def test_given_discriminator_is_used_init_is_recorded_and_resume_continues(tiny_
     (["--part", "reference"], "--part"),
     (["--clip", "0.7"], "clip"),
     (["--correction-sigma-min", "-1"], "--correction-sigma-min"),
+    (["--correction-sigma-min", "3", "--loss-mode", "weight"], "does not use; give it with --loss-mode tiw or correction"),
 ])
 def test_bad_options_are_refused_before_a_run_folder(tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as e:

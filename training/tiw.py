@@ -107,6 +107,9 @@ def check_options(opts: dict) -> None:
     check_range("--disc-steps", opts["disc_steps"], 1, integer=True)
     check_range("--disc-lr", opts["disc_lr"], 0.0, low_open=True)
     check_range("--correction-sigma-min", opts.get("correction_sigma_min", 0.0), 0.0)
+    if opts.get("correction_sigma_min", 0.0) > 0 and opts["loss_mode"] not in ("tiw", "correction"):
+        raise FairSamplingError(f"--correction-sigma-min limits the score correction, which --loss-mode {opts['loss_mode']!r} "
+                                "does not use; give it with --loss-mode tiw or correction, or drop it")
     if opts.get("disc_batch") is not None:
         check_range("--disc-batch", opts["disc_batch"], 2, integer=True)
     if opts["discriminator"] is None:
