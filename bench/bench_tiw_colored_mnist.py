@@ -40,9 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _bench import add_eval_parser, add_run_options, run_plan, write_json  # noqa: E402
+from _bench import add_eval_parser, add_fid_parser, add_run_options, fid_rows, run_plan, write_json  # noqa: E402
 from fair_core import checkpoints, evaluation, features, plots  # noqa: E402
 from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS  # noqa: E402
+from training.data import DataConfig, load  # noqa: E402
 from training.discriminator import DISC_CONDITIONS, DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
 
 METHODS = {"dsm": "DSM on D_bias", "ref": "DSM on D_ref only", "iw": "IW only (w(x0))", "tiw": "TIW-DSM"}
@@ -201,6 +202,13 @@ def eval_cmd(a) -> None:
     evaluate_all(a.models, a.n, a.steps, a.seed, a.json, a.png, a.device, a.by_colour)
 
 
+def fid_cmd(a) -> None:
+    """Inception FID of each model's ``--n`` samples against ``--n`` real Colored-MNIST test digits at 50:50 (a fixed
+    shuffle): the paper's measure, distance to the unbiased distribution, so a colour share off 50:50 costs too."""
+    test = load(DataConfig(dataset="colored-mnist", split="test", colour_ratio=0.5))
+    fid_rows(test.images(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))), a)
+
+
 def report_cmd(a) -> None:
     report(json.loads(Path(a.json).read_text()), a.png)
 
@@ -231,11 +239,12 @@ def main() -> None:
     e = add_eval_parser(sub, "the colour proportions")
     e.add_argument("--by-colour", type=int, default=None, metavar="M",
                    help="also the quality figure of each colour's samples alone, on M of them each (see quality_by_colour)")
+    add_fid_parser(sub, "the Colored-MNIST test digits at 50:50 (the reference distribution)")
     r = sub.add_parser("report", help="the table (and chart) of a saved eval JSON again")
     r.add_argument("json")
     r.add_argument("--png", default=None)
     a = p.parse_args()
-    {"plan": plan, "run": run, "eval": eval_cmd, "report": report_cmd}[a.cmd](a)
+    {"plan": plan, "run": run, "eval": eval_cmd, "fid": fid_cmd, "report": report_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":

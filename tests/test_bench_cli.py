@@ -126,6 +126,18 @@ def test_dual_fid_writes_one_finite_figure_per_model(capsys, tmp_path):
     assert results[0]["inception_fid"] == results[1]["inception_fid"]  # same model, seed and real digits
 
 
+def test_tiw_fid_scores_a_conditional_model_against_fair_real_digits(capsys, tmp_path):
+    model = str(BENCH.parent / "models" / "colored_mnist_tiw.safetensors")
+    out = tmp_path / "fid.json"
+    code, _ = run_script(BENCH / "bench_tiw_colored_mnist.py", ["fid", model, "--n", "4", "--steps", "2", "--floor", "--json", str(out)],
+                         capsys)
+    floor, result = json.loads(out.read_text())
+    assert code == 0 and floor["path"] == "real test digits (the next n)" and result["path"] == model
+    assert 0 < floor["inception_fid"] < float("inf") and 0 < result["inception_fid"] < float("inf")
+    code, _ = run_script(BENCH / "bench_tiw_colored_mnist.py", ["fid", model, "--n", "6000", "--floor"], capsys)
+    assert code == "fid: --n 6000 needs 12000 real images with --floor, there are 10000"
+
+
 def test_corrected_denoiser_adds_the_scaled_correction_inside_its_band():
     from fair_core.density_ratio import DiscriminatorConfig, TimeDependentDiscriminator, log_ratio_and_grad
     from fair_core.denoiser import DiscreteVPDenoiser
