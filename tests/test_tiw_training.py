@@ -122,6 +122,9 @@ def test_given_discriminator_is_used_init_is_recorded_and_resume_continues(tiny_
     (["--clip", "0.7"], "clip"),
     (["--correction-sigma-min", "-1"], "--correction-sigma-min"),
     (["--correction-sigma-min", "3", "--loss-mode", "weight"], "does not use; give it with --loss-mode tiw or correction"),
+    (["--bias-sampling", "ratio", "--loss-mode", "correction"], "give it with --loss-mode tiw / weight / iw"),
+    (["--bias-sampling", "ratio", "--loss-mode", "none"], "which --loss-mode 'none' does not use"),
+    (["--bias-sampling", "uniformly"], "--bias-sampling"),
 ])
 def test_bad_options_are_refused_before_a_run_folder(tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as e:
@@ -368,3 +371,50 @@ def test_a_conditional_bce_discriminator_gets_both_sets_labels(tmp_path, monkeyp
         assert labels_ref.shape == labels_bias.shape == (32,)
         both = torch.cat([labels_ref, labels_bias]).cpu()
         assert int(both.min()) >= -1 and int(both.max()) <= 9 and len(set(both[both >= 0].tolist())) > 3
+
+
+@pytest.mark.parametrize("loss_mode", ["tiw", "iw"])
+def test_bias_sampling_ratio_draws_by_w0_and_is_recorded(tiny_run, tmp_path, loss_mode):
+    out, run = tiny_run
+    main([*TINY, "--steps", "2", "--outdir", str(tmp_path), "--discriminator", str(run / "discriminator.safetensors"),
+          "--loss-mode", loss_mode, "--bias-sampling", "ratio", "--export", str(tmp_path / "tiw.safetensors")])
+    t = checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"]
+    sampling = t["bias_sampling"]
+    assert sampling["mode"] == "ratio" and len(sampling["rho"]) == len(sampling["sigma"]) == 16
+    assert all(0 <= r <= 1 for r in sampling["rho"]) and (loss_mode == "tiw" or set(sampling["rho"]) == {1.0})
+    assert "bias sampling: rows drawn in proportion to w0^rho(sigma)" in describe_tiw_training(t)
+    (run2,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert json.loads((run2 / "training_options.json").read_text())["options"]["bias_sampling"] == "ratio"
+
+
+def test_draw_batch_keeps_the_union_s_share_and_reads_the_drawn_images():
+    from training.tiw import draw_batch
+    from training.tiw_proposal import proposal_tables
+
+    class Part:
+        channels = 3
+
+        def __init__(self, n, offset):
+            self.n, self.offset = n, offset
+
+        def __len__(self):
+            return self.n
+
+        def images(self, idx):
+            return (idx + self.offset).float().view(-1, 1, 1, 1).expand(-1, 3, 28, 28)
+
+        def labels(self, condition, idx):
+            return idx % 10
+
+    class Model:
+        cfg = named_config("unet", "tiny")
+
+    bias, ref = Part(90, 0), Part(10, 1000)
+    proposal = proposal_tables(torch.zeros(90), torch.ones(2), torch.tensor([0.01, 100.0]), torch.logspace(-2, 2, Model.cfg.num_train_timesteps))
+    x0, labels, is_bias, t, log_factor = draw_batch(4000, bias, ref, Model.cfg, proposal, Model(), torch.Generator().manual_seed(0))
+    assert abs(float(is_bias.double().mean()) - 0.9) < 0.02 and t.shape == (4000,)
+    value = x0[:, 0, 0, 0]
+    assert bool((value[is_bias] < 90).all()) and bool((value[~is_bias] >= 1000).all())
+    assert torch.allclose(log_factor, torch.zeros(4000), atol=1e-6)  # w0 = 1 everywhere: Z / w0^rho = 1
+    kept = labels >= 0
+    assert torch.equal(labels[kept], value[kept].long() % 10)

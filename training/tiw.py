@@ -13,6 +13,10 @@ loss (``w = 1``, no correction), which is already score matching on ``p_ref``. T
 ``training dsm`` (v- or eps-prediction), so ``--loss-mode none`` reproduces it. ``--loss-mode`` also gives the
 ablations ``weight`` and ``correction`` and ``iw``: time-independent importance weights ``w(x0)`` (the
 discriminator at sigma_min on clean images), no correction.
+
+``--bias-sampling ratio`` draws the biased rows in proportion to ``w0(x0)^rho(sigma)`` and divides their weight by it
+(``training/tiw_proposal.py``): the same expected loss, so the same minimiser, without the few heavy rows of a
+uniform draw (at 90:10, ``w0`` is 5 on the minority and 0.56 on the majority).
 """
 from __future__ import annotations
 
@@ -34,10 +38,12 @@ from .dsm import export, new_model, training_record
 from .discriminator import (DISC_CONDITIONS, DISC_SCHEDULES, DISC_WIDTHS, GRAD_WEIGHT, check_baseline_file,
                             check_discriminator_classes, check_discriminator_file, disc_classes, get_discriminator)
 from .runs import Loop, adam_ema_resume, pick_device, step_generator
+from .tiw_proposal import BIAS_SAMPLINGS, build_proposal
 
 log = logging.getLogger(__name__)
 
 LOSS_MODES = ("tiw", "weight", "correction", "iw", "none")
+WEIGHTED_MODES = ("tiw", "weight", "iw")  # the loss modes whose biased rows carry a weight (--bias-sampling ratio)
 W0_SIGMA_MAX = 10.0  # --disc-w0-sigma: w0 must be read where the attribute is still plain (Colored-MNIST: sigma <= ~1)
 
 
@@ -94,6 +100,10 @@ def add_parser(sub) -> None:
                    help="apply the score correction only where sigma >= S (the weight stays): below the noise level at "
                         "which the attribute is plainly decided the exact correction is ~0, and a learned one is only error "
                         "(0: everywhere, the paper's loss)")
+    p.add_argument("--bias-sampling", default="uniform", choices=list(BIAS_SAMPLINGS),
+                   help="uniform: biased rows drawn uniformly, each loss weighted by w_t (paper); ratio: drawn in proportion "
+                        "to w0(x0)^rho(sigma) and the weight divided by it, the same expected loss with less variance "
+                        "(training/tiw_proposal.py)")
     cli.add_data(p, colour_ratio=0.9)
     p.set_defaults(reference_fraction=0.05)
     cli.add_common(p, steps=6000, batch=64, lr=3e-4)
@@ -110,6 +120,10 @@ def check_options(opts: dict) -> None:
     if opts.get("correction_sigma_min", 0.0) > 0 and opts["loss_mode"] not in ("tiw", "correction"):
         raise FairSamplingError(f"--correction-sigma-min limits the score correction, which --loss-mode {opts['loss_mode']!r} "
                                 "does not use; give it with --loss-mode tiw or correction, or drop it")
+    if opts.get("bias_sampling", "uniform") != "uniform" and opts["loss_mode"] not in WEIGHTED_MODES:
+        raise FairSamplingError(f"--bias-sampling {opts['bias_sampling']} draws the biased rows in proportion to their weight, "
+                                f"which --loss-mode {opts['loss_mode']!r} does not use; give it with --loss-mode "
+                                f"{' / '.join(WEIGHTED_MODES)}, or drop it")
     if opts.get("disc_batch") is not None:
         check_range("--disc-batch", opts["disc_batch"], 2, integer=True)
     if opts["discriminator"] is None:
@@ -173,32 +187,29 @@ def main(args: argparse.Namespace) -> None:
     cfg, model = new_model(opts, bias.channels, run_dir, device)
     disc, disc_facts = get_discriminator(opts, run_dir, bias, ref, model, device)
     log.info("%s: %d biased + %d reference images, loss mode %s, device %s", opts["model"], len(bias), len(ref), opts["loss_mode"], device)
+    proposal = None
+    if opts.get("bias_sampling", "uniform") == "ratio":
+        proposal = build_proposal(disc, bias, model.sigmas, device, cfg.condition if cfg.conditional else None, opts["seed"],
+                                  time_independent=opts["loss_mode"] == "iw")
     opt, ema, start = adam_ema_resume(model, opts, run_dir, device)
-    n_bias, n_all = len(bias), len(bias) + len(ref)
 
     def step_fn(step: int) -> dict[str, float]:
         g = step_generator(opts["seed"], step, "cpu")
-        idx = torch.randint(n_all, (opts["batch"],), generator=g)
-        is_ref = idx >= n_bias
-        x0 = torch.empty(opts["batch"], bias.channels, 28, 28)
-        x0[~is_ref], x0[is_ref] = bias.images(idx[~is_ref]), ref.images(idx[is_ref] - n_bias)
-        labels = None
-        if cfg.conditional:
-            labels = torch.empty(opts["batch"], dtype=torch.long)
-            labels[~is_ref], labels[is_ref] = bias.labels(cfg.condition, idx[~is_ref]), ref.labels(cfg.condition, idx[is_ref] - n_bias)
-            labels = drop_labels(labels, cfg.class_dropout, g).to(device)
+        x0, labels, is_bias, t, log_factor = draw_batch(opts["batch"], bias, ref, cfg, proposal, model, g)
         for group in opt.param_groups:
             group["lr"] = opts["lr"] * min(1.0, (step + 1) / max(opts["warmup"], 1))
-        per_sample, log_w = tiw_loss(model, disc, opts["loss_mode"], x0.to(device), labels, (~is_ref).to(device), g,
-                                     opts.get("correction_sigma_min", 0.0))
-        loss = per_sample.mean()
+        per_sample, log_w = tiw_loss(model, disc, opts["loss_mode"], x0.to(device), None if labels is None else labels.to(device),
+                                     is_bias.to(device), g, opts.get("correction_sigma_min", 0.0), t)
+        log_factor = log_factor.to(device)
+        log_w = log_w + log_factor  # the weight each biased row carries, after the proposal's factor
+        loss = (per_sample * log_factor.exp()).mean()
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or raise --clip")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return {"loss": loss.item(), "mean_w_bias": float(log_w[(~is_ref).to(device)].exp().mean()) if (~is_ref).any() else 1.0}
+        return {"loss": loss.item(), "mean_w_bias": float(log_w[is_bias.to(device)].exp().mean()) if is_bias.any() else 1.0}
 
     loop = Loop(run_dir, model, opt, ema, steps=opts["steps"], save_every=opts["save_every"], time_limit_min=opts["time_limit"])
     step = loop.run(step_fn, start, desc="tiw")
@@ -206,19 +217,49 @@ def main(args: argparse.Namespace) -> None:
         "method": "TIW-DSM (Kim et al. 2024, arXiv 2403.01189)", "loss_mode": opts["loss_mode"],
         "reference_fraction": opts["reference_fraction"], "bias": {"attribute": "colour", "colour_ratio": opts["colour_ratio"]},
         "n_bias": len(bias), "n_reference": len(ref), "discriminator": disc_facts,
-    } | ({"correction_sigma_min": opts["correction_sigma_min"]} if opts.get("correction_sigma_min") else {})
+    } | ({"correction_sigma_min": opts["correction_sigma_min"]} if opts.get("correction_sigma_min") else {}) \
+      | ({"bias_sampling": proposal.record()} if proposal is not None else {})
     export(run_dir, ema.model, "tiw", cfg, training, opts["export"])
 
 
+def draw_batch(batch: int, bias, ref, cfg, proposal, model: DiscreteVPDenoiser, g: torch.Generator):
+    """One batch from the union of D_bias and D_ref (CPU): ``(x0, labels, is_bias, t, log_factor)``.
+
+    Without a proposal the indices are uniform over the union, ``t`` is ``None`` (``tiw_loss`` draws it) and every
+    ``log_factor`` is 0. With one, each row is biased with probability ``N_bias / N_all`` as before, its timestep is drawn
+    first and a biased row's image comes from the proposal at that timestep, whose ``log_factor`` it carries."""
+    n_bias, n_all = len(bias), len(bias) + len(ref)
+    t, log_factor = None, torch.zeros(batch)
+    if proposal is None:
+        idx = torch.randint(n_all, (batch,), generator=g)
+        is_ref = idx >= n_bias
+        i_bias, i_ref = idx[~is_ref], idx[is_ref] - n_bias
+    else:
+        is_ref = torch.rand(batch, generator=g) >= n_bias / n_all
+        t = draw_t(model, batch, g)
+        i_bias = proposal.draw(t[~is_ref], g)
+        i_ref = torch.randint(len(ref), (int(is_ref.sum()),), generator=g)
+        log_factor[~is_ref] = proposal.log_factor(i_bias, t[~is_ref])
+    x0 = torch.empty(batch, bias.channels, 28, 28)
+    x0[~is_ref], x0[is_ref] = bias.images(i_bias), ref.images(i_ref)
+    labels = None
+    if cfg.conditional:
+        labels = torch.empty(batch, dtype=torch.long)
+        labels[~is_ref], labels[is_ref] = bias.labels(cfg.condition, i_bias), ref.labels(cfg.condition, i_ref)
+        labels = drop_labels(labels, cfg.class_dropout, g)
+    return x0, labels, ~is_ref, t, log_factor
+
+
 def tiw_loss(model: DiscreteVPDenoiser, disc, loss_mode: str, x0, labels, is_bias, g: torch.Generator,
-             correction_sigma_min: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+             correction_sigma_min: float = 0.0, t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample TIW-DSM loss of one batch (``is_bias``: rows from D_bias) and the ``log w`` used; noise from ``g`` (CPU).
-    ``correction_sigma_min``: no correction on rows whose sigma is below it (``--correction-sigma-min``).
+    ``correction_sigma_min``: no correction on rows whose sigma is below it (``--correction-sigma-min``). ``t``: the
+    rows' timesteps (default: drawn here from ``g``).
 
     The weighting ``lambda(sigma)`` makes it the DDPM loss of ``training dsm``: (sigma^2 + 1) / sigma^2 for v-prediction
     (``|| v - v_target ||^2 = || D - D_target ||^2 (sigma^2 + 1) / sigma^2``), 1 / sigma^2 for eps-prediction.
     """
-    sigma = model.sigmas[draw_t(model, x0.shape[0], g).to(x0.device)]
+    sigma = model.sigmas[(draw_t(model, x0.shape[0], g) if t is None else t).to(x0.device)]
     x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g).to(x0.device)
     log_w, grad = tiw_terms(disc, loss_mode, x0, x, sigma, is_bias, model.sigma_min, labels)
     if correction_sigma_min > 0:
