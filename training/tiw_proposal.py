@@ -25,6 +25,8 @@ import torch
 
 from fair_core.density_ratio import log_ratio
 
+from .discriminator import clean_log_ratios
+
 log = logging.getLogger(__name__)
 
 BIAS_SAMPLINGS = ("uniform", "ratio")
@@ -87,24 +89,19 @@ def build_proposal(disc, bias, sigmas: torch.Tensor, device, condition: str | No
     """``w0`` of every biased image, then ``rho`` fitted at :data:`LEVELS` noise levels (seeded, so a resume rebuilds
     the same tables). ``sigmas``: the score model's, by timestep; ``condition``: the label a conditional disc reads.
     ``time_independent``: the weight is ``w0`` itself at every level (the ``iw`` loss mode), so ``rho = 1``, no fit."""
-    from .discriminator import clean_log_ratios
     sigma_min = float(sigmas.min())
-    log_w0 = clean_log_ratios(disc, bias, sigma_min, device, chunk=chunk, condition=condition)
-    if not bool(torch.isfinite(log_w0).all()):
-        raise FloatingPointError("the discriminator gave a non-finite w0 on a biased image; raise its --clip")
+    log_w0 = clean_log_ratios(disc, bias, sigma_min, device, chunk=chunk, condition=condition)  # finite: log_ratio clips
     g = torch.Generator().manual_seed(seed)
     level_sigma = torch.logspace(math.log10(sigma_min), math.log10(float(sigmas.max())), LEVELS)
     rows = torch.randperm(len(bias), generator=g)[:FIT_IMAGES]
     x0 = bias.images(rows)
     y = bias.labels(condition, rows).to(device) if condition and disc.cfg.num_classes else None
-    rho = []
-    for s in level_sigma.tolist():
-        if time_independent:
-            rho.append(1.0)
-            continue
+
+    def slope(s: float) -> float:
         x = x0 + s * torch.randn(x0.shape, generator=g)
-        lw = log_ratio(disc, x.to(device), torch.full((len(rows),), s, device=device), y).cpu()
-        rho.append(fit_rho(log_w0[rows], lw))
+        return fit_rho(log_w0[rows], log_ratio(disc, x.to(device), torch.full((len(rows),), s, device=device), y).cpu())
+
+    rho = [1.0] * LEVELS if time_independent else [slope(s) for s in level_sigma.tolist()]
     proposal = proposal_tables(log_w0, torch.tensor(rho), level_sigma, sigmas)
     log.info("bias sampling: w0 mean %.3f, rho %s at sigma %s", float(log_w0.exp().mean()),
              [f"{r:.2f}" for r in rho], [f"{s:.3g}" for s in level_sigma.tolist()])
