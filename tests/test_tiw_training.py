@@ -374,7 +374,7 @@ def test_a_conditional_bce_discriminator_gets_both_sets_labels(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("loss_mode", ["tiw", "iw"])
-def test_bias_sampling_ratio_draws_by_w0_and_is_recorded(tiny_run, tmp_path, loss_mode):
+def test_bias_sampling_ratio_trains_in_both_weighted_modes_and_is_recorded(tiny_run, tmp_path, loss_mode):
     out, run = tiny_run
     main([*TINY, "--steps", "2", "--outdir", str(tmp_path), "--discriminator", str(run / "discriminator.safetensors"),
           "--loss-mode", loss_mode, "--bias-sampling", "ratio", "--export", str(tmp_path / "tiw.safetensors")])

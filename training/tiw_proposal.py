@@ -36,7 +36,7 @@ FIT_IMAGES = 1024  # biased images per level for the fit
 
 @dataclasses.dataclass(frozen=True)
 class RatioProposal:
-    """Per noise level ``k``: ``rho[k]``, the inverse CDF table ``cdf[k]`` over D_bias and ``log Z[k]``.
+    """Per noise level ``k``: ``rho[k]``, the CDF of ``q_rho`` over D_bias (in ``cdf``, offset by ``k``) and ``log Z[k]``.
 
     ``level_of_t`` maps each training timestep to its level. Everything lives on the CPU, where batches are drawn."""
     log_w0: torch.Tensor  # (N,) float64
