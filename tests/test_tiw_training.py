@@ -125,6 +125,8 @@ def test_given_discriminator_is_used_init_is_recorded_and_resume_continues(tiny_
     (["--bias-sampling", "ratio", "--loss-mode", "correction"], "give it with --loss-mode tiw / weight / iw"),
     (["--bias-sampling", "ratio", "--loss-mode", "none"], "which --loss-mode 'none' does not use"),
     (["--bias-sampling", "uniformly"], "--bias-sampling"),
+    (["--reference-share", "1"], "--reference-share must be 'union' or a number in (0, 1), got '1'"),
+    (["--reference-share", "half"], "--reference-share must be 'union' or a number in (0, 1), got 'half'"),
 ])
 def test_bad_options_are_refused_before_a_run_folder(tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as e:
@@ -377,8 +379,11 @@ def test_a_conditional_bce_discriminator_gets_both_sets_labels(tmp_path, monkeyp
 def test_bias_sampling_ratio_trains_in_both_weighted_modes_and_is_recorded(tiny_run, tmp_path, loss_mode):
     out, run = tiny_run
     main([*TINY, "--steps", "2", "--outdir", str(tmp_path), "--discriminator", str(run / "discriminator.safetensors"),
-          "--loss-mode", loss_mode, "--bias-sampling", "ratio", "--export", str(tmp_path / "tiw.safetensors")])
+          "--loss-mode", loss_mode, "--bias-sampling", "ratio", "--export", str(tmp_path / "tiw.safetensors"),
+          *(["--reference-share", "0.5"] if loss_mode == "tiw" else [])])
     t = checkpoints.read_metadata(tmp_path / "tiw.safetensors")["training"]
+    assert t.get("reference_share") == (0.5 if loss_mode == "tiw" else None)
+    assert ("reference share: 0.5 of each batch from D_ref" in describe_tiw_training(t)) == (loss_mode == "tiw")
     sampling = t["bias_sampling"]
     assert sampling["mode"] == "ratio" and len(sampling["rho"]) == len(sampling["sigma"]) == 16
     assert all(0 <= r <= 1 for r in sampling["rho"]) and (loss_mode == "tiw" or set(sampling["rho"]) == {1.0})
@@ -418,3 +423,9 @@ def test_draw_batch_keeps_the_union_s_share_and_reads_the_drawn_images():
     assert torch.allclose(log_factor, torch.zeros(4000), atol=1e-6)  # w0 = 1 everywhere: Z / w0^rho = 1
     kept = labels >= 0
     assert torch.equal(labels[kept], value[kept].long() % 10)
+    for share, prop in ((0.5, None), (0.25, proposal)):  # --reference-share: that share of reference rows, either draw
+        x0, _, is_bias, t, _ = draw_batch(4000, bias, ref, Model.cfg, prop, Model(), torch.Generator().manual_seed(1), share)
+        assert abs(float((~is_bias).double().mean()) - share) < 0.025 and (t is None) == (prop is None)
+        value = x0[:, 0, 0, 0]
+        assert bool((value[is_bias] < 90).all()) and bool((value[~is_bias] >= 1000).all())
+        assert len(value[is_bias].unique()) == 90 and len(value[~is_bias].unique()) == 10  # every image of both parts drawn

@@ -17,6 +17,11 @@ discriminator at sigma_min on clean images), no correction.
 ``--bias-sampling ratio`` draws the biased rows in proportion to ``w0(x0)^rho(sigma)`` and divides their weight by it
 (``training/tiw_proposal.py``): the same expected loss, so the same minimiser, without the few heavy rows of a
 uniform draw (at 90:10, ``w0`` is 5 on the minority and 0.56 on the majority).
+
+``--reference-share A`` draws each row from D_ref with probability ``A`` instead of the union's ``N_ref / N_all``, so
+the loss is ``A L_ref + (1 - A) L_bias``. Both terms are minimised by the score of ``p_ref`` (plain DSM on D_ref;
+Theorem 1 on D_bias), so any ``A`` in (0, 1) keeps the minimiser and only moves how much of each batch is the small
+exact set (``tests/test_tiw_training.py`` checks the minimiser on a 1-D mixture).
 """
 from __future__ import annotations
 
@@ -104,13 +109,30 @@ def add_parser(sub) -> None:
                    help="uniform: biased rows drawn uniformly, each loss weighted by w_t (paper); ratio: drawn in proportion "
                         "to w0(x0)^rho(sigma) and the weight divided by it, the same expected loss with less variance "
                         "(training/tiw_proposal.py)")
+    p.add_argument("--reference-share", default="union", metavar="union|A",
+                   help="union: each row drawn uniformly from D_bias + D_ref (paper), so N_ref / N_all of a batch is "
+                        "reference; A in (0, 1): that share instead, the same minimiser (see the module docstring)")
     cli.add_data(p, colour_ratio=0.9)
     p.set_defaults(reference_fraction=0.05)
     cli.add_common(p, steps=6000, batch=64, lr=3e-4)
     p.set_defaults(func=main)
 
 
+def reference_share(value) -> str | float:
+    """``--reference-share``: ``"union"`` or a float in (0, 1); anything else is refused, naming both."""
+    if value == "union":
+        return value
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = math.nan
+    if not 0.0 < share < 1.0:
+        raise FairSamplingError(f"--reference-share must be 'union' or a number in (0, 1), got {value!r}")
+    return share
+
+
 def check_options(opts: dict) -> None:
+    reference_share(opts.get("reference_share", "union"))
     check_range("--reference-fraction", opts["reference_fraction"], 0.0, 1.0, low_open=True, high_open=True)
     if opts["part"] != "biased":
         raise FairSamplingError(f"--part must be 'biased' for tiw (it loads both parts itself), got {opts['part']!r}")
@@ -192,10 +214,11 @@ def main(args: argparse.Namespace) -> None:
         proposal = build_proposal(disc, bias, model.sigmas, device, cfg.condition if cfg.conditional else None, opts["seed"],
                                   time_independent=opts["loss_mode"] == "iw")
     opt, ema, start = adam_ema_resume(model, opts, run_dir, device)
+    share = reference_share(opts.get("reference_share", "union"))
 
     def step_fn(step: int) -> dict[str, float]:
         g = step_generator(opts["seed"], step, "cpu")
-        x0, labels, is_bias, t, log_factor = draw_batch(opts["batch"], bias, ref, cfg, proposal, model, g)
+        x0, labels, is_bias, t, log_factor = draw_batch(opts["batch"], bias, ref, cfg, proposal, model, g, share)
         for group in opt.param_groups:
             group["lr"] = opts["lr"] * min(1.0, (step + 1) / max(opts["warmup"], 1))
         per_sample, log_w = tiw_loss(model, disc, opts["loss_mode"], x0.to(device), None if labels is None else labels.to(device),
@@ -218,28 +241,34 @@ def main(args: argparse.Namespace) -> None:
         "reference_fraction": opts["reference_fraction"], "bias": {"attribute": "colour", "colour_ratio": opts["colour_ratio"]},
         "n_bias": len(bias), "n_reference": len(ref), "discriminator": disc_facts,
     } | ({"correction_sigma_min": opts["correction_sigma_min"]} if opts.get("correction_sigma_min") else {}) \
-      | ({"bias_sampling": proposal.record()} if proposal is not None else {})
+      | ({"bias_sampling": proposal.record()} if proposal is not None else {}) \
+      | ({"reference_share": share} if share != "union" else {})
     export(run_dir, ema.model, "tiw", cfg, training, opts["export"])
 
 
-def draw_batch(batch: int, bias, ref, cfg, proposal, model: DiscreteVPDenoiser, g: torch.Generator):
-    """One batch from the union of D_bias and D_ref (CPU): ``(x0, labels, is_bias, t, log_factor)``.
+def draw_batch(batch: int, bias, ref, cfg, proposal, model: DiscreteVPDenoiser, g: torch.Generator,
+               share: str | float = "union"):
+    """One batch from D_bias and D_ref (CPU): ``(x0, labels, is_bias, t, log_factor)``.
 
-    Without a proposal the indices are uniform over the union, ``t`` is ``None`` (``tiw_loss`` draws it) and every
-    ``log_factor`` is 0. With one, each row is biased with probability ``N_bias / N_all`` as before, its timestep is drawn
-    first and a biased row's image comes from the proposal at that timestep, whose ``log_factor`` it carries."""
+    Each row is a reference row with probability ``share`` (``"union"``: ``N_ref / N_all``, uniform over the union).
+    Without a proposal the biased images are uniform, ``t`` is ``None`` (``tiw_loss`` draws it) and every
+    ``log_factor`` is 0. With one, the timestep is drawn first and a biased row's image comes from the proposal at that
+    timestep, whose ``log_factor`` it carries."""
     n_bias, n_all = len(bias), len(bias) + len(ref)
     t, log_factor = None, torch.zeros(batch)
-    if proposal is None:
+    if proposal is None and share == "union":  # one index over the union (the draws of every run before the options)
         idx = torch.randint(n_all, (batch,), generator=g)
         is_ref = idx >= n_bias
         i_bias, i_ref = idx[~is_ref], idx[is_ref] - n_bias
     else:
-        is_ref = torch.rand(batch, generator=g) >= n_bias / n_all
-        t = draw_t(model, batch, g)
-        i_bias = proposal.draw(t[~is_ref], g)
+        is_ref = torch.rand(batch, generator=g) >= (n_bias / n_all if share == "union" else 1.0 - share)
+        if proposal is None:
+            i_bias = torch.randint(n_bias, (int((~is_ref).sum()),), generator=g)
+        else:
+            t = draw_t(model, batch, g)
+            i_bias = proposal.draw(t[~is_ref], g)
+            log_factor[~is_ref] = proposal.log_factor(i_bias, t[~is_ref])
         i_ref = torch.randint(len(ref), (int(is_ref.sum()),), generator=g)
-        log_factor[~is_ref] = proposal.log_factor(i_bias, t[~is_ref])
     x0 = torch.empty(batch, bias.channels, 28, 28)
     x0[~is_ref], x0[is_ref] = bias.images(i_bias), ref.images(i_ref)
     labels = None
