@@ -9,12 +9,18 @@ runs; on a GPU the CPU time says nothing about the work, so it is reported as nu
 (``torch.cuda.synchronize``) before each clock reading. The TIW step draws its noise on the CPU and copies it over,
 as ``training/tiw.py`` does; the DSM step draws on the device, as ``training/dsm.py`` does.
 
+``--draw uniform | ratio`` adds the batch draw to both steps, from sets of the Colored-MNIST sizes (47 620 biased and
+2 380 reference indices over a pool of random images): the DSM step draws uniformly from D_bias, the TIW step through
+``training.tiw.draw_batch``, with ``--draw ratio`` from a ratio proposal of that size (``--bias-sampling ratio``, its
+16 levels, its per-row factor in the loss). The default, ``none``, times one fixed batch.
+
     OMP_NUM_THREADS=1 python bench/bench_tiw.py --model mnist-s --batch 64 --steps 36 --threads 1 [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import time
@@ -28,7 +34,28 @@ from _bench import describe_device, synchronize, write_json  # noqa: E402
 from fair_core.density_ratio import DISC_POOLS, DiscriminatorConfig, TimeDependentDiscriminator  # noqa: E402
 from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
 from fair_core.models import build_unet, named_config  # noqa: E402
-from training.tiw import DISC_WIDTHS, tiw_loss  # noqa: E402
+from training.tiw import DISC_WIDTHS, draw_batch, tiw_loss  # noqa: E402
+from training.tiw_proposal import LEVELS, proposal_tables  # noqa: E402
+
+N_BIAS, N_REF, POOL = 47_620, 2_380, 1024  # --draw: the 5 % Colored-MNIST sets' sizes; distinct random images in the pool
+
+
+class IndexedPool:
+    """A training set's interface (``len``, ``images``, ``labels``) of ``n`` indices over a pool of random images."""
+
+    channels = 3
+
+    def __init__(self, n: int, g: torch.Generator):
+        self.n, self.pool = n, torch.rand(POOL, 3, 28, 28, generator=g) * 2 - 1
+
+    def __len__(self):
+        return self.n
+
+    def images(self, idx):
+        return self.pool[idx % POOL]
+
+    def labels(self, condition, idx):
+        return idx % 10
 
 
 def main():
@@ -42,6 +69,8 @@ def main():
     p.add_argument("--steps", type=int, default=36, help="steps per method (in blocks of --block)")
     p.add_argument("--block", type=int, default=4)
     p.add_argument("--reference-share", type=float, default=0.05 / 1.05, help="share of reference rows in a batch (no discriminator)")
+    p.add_argument("--draw", default="none", choices=["none", "uniform", "ratio"],
+                   help="none: one fixed batch; uniform / ratio: each step draws its batch as training does (see above)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--out", default="bench/out/tiw_speed.json")
@@ -60,12 +89,25 @@ def main():
     x0 = (torch.rand(args.batch, 3, 28, 28, generator=g) * 2 - 1).to(device)
     labels = torch.randint(0, 10, (args.batch,), generator=g).to(device)
     is_bias = (torch.rand(args.batch, generator=g) >= args.reference_share).to(device)
+    bias, ref = IndexedPool(N_BIAS, g), IndexedPool(N_REF, g)
+    proposal = None
+    if args.draw == "ratio":  # w0 as at 90:10 (5 on a tenth of the rows, 0.56 on the rest), rho falling from 1 to 0
+        log_w0 = torch.where(torch.rand(N_BIAS, generator=g) < 0.1, torch.tensor(5.0).log(), torch.tensor(0.5 / 0.9).log())
+        level_sigma = torch.logspace(math.log10(float(model.sigmas.min())), math.log10(float(model.sigmas.max())), LEVELS)
+        proposal = proposal_tables(log_w0, torch.linspace(1, 0, LEVELS), level_sigma, model.sigmas)
 
     def step(kind):
-        if kind == "dsm":
+        if kind == "dsm" and args.draw == "none":
             loss = model.loss(x0, labels, generator=g_dev).mean()
-        else:
+        elif kind == "dsm":
+            idx = torch.randint(N_BIAS, (args.batch,), generator=g)
+            loss = model.loss(bias.images(idx).to(device), bias.labels(None, idx).to(device), generator=g_dev).mean()
+        elif args.draw == "none":
             loss = tiw_loss(model, disc, "tiw", x0, labels, is_bias, g)[0].mean()
+        else:
+            xb, lb, rows, t, log_factor = draw_batch(args.batch, bias, ref, cfg, proposal, model, g, args.reference_share)
+            per_sample = tiw_loss(model, disc, "tiw", xb.to(device), lb.to(device), rows.to(device), g, 0.0, t)[0]
+            loss = (per_sample * log_factor.to(device).exp()).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -87,7 +129,7 @@ def main():
     dsm, tiw = statistics.median(times["dsm"]), statistics.median(times["tiw"])
     disc_params = sum(q.numel() for q in disc.parameters())
     result = {"command": "python " + " ".join(sys.argv), "device": describe_device(device, args.threads), "model": args.model,
-              "batch": args.batch, "threads": args.threads,
+              "batch": args.batch, "threads": args.threads, "draw": args.draw,
               "discriminator": f"{args.disc_model} {DISC_WIDTHS[args.disc_model]}, {args.disc_pool} head, "
                                f"{'given the digit' if disc_cfg.num_classes else 'marginal'} ({disc_params} parameters)",
               "dsm_s_per_step": round(dsm, 4), "tiw_s_per_step": round(tiw, 4), "ratio": round(tiw / dsm, 3),

@@ -279,3 +279,13 @@ def test_the_oracle_option_goes_with_the_oracle_only(capsys):
     for argv in (["models/colored_mnist_dsm.safetensors", "--oracle", "marginal"], ["oracle"]):
         code, _ = run_script(BENCH / "bench_tiw_discriminator.py", argv, capsys)
         assert isinstance(code, str) and "--oracle {marginal,conditional} goes with DISCRIMINATOR 'oracle'" in code
+
+
+@pytest.mark.parametrize("draw", ["none", "ratio"])
+def test_tiw_speed_bench_times_both_steps_with_and_without_the_batch_draw(tmp_path, capsys, draw):
+    out = tmp_path / "speed.json"
+    code, _ = run_script(BENCH / "bench_tiw.py", ["--model", "tiny", "--batch", "8", "--steps", "2", "--block", "1", "--draw", draw,
+                                                  "--disc-condition", "model", "--out", str(out)], capsys)
+    result = json.loads(out.read_text())
+    assert code == 0 and result["draw"] == draw and len(result["blocks"]["tiw"]) == len(result["blocks"]["dsm"]) == 2
+    assert result["ratio"] == pytest.approx(result["tiw_s_per_step"] / result["dsm_s_per_step"], rel=0.01)

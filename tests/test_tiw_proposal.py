@@ -96,7 +96,8 @@ class StubDiscriminator(nn.Module):
 @pytest.mark.parametrize("mode", ["fit", "time_independent"])
 def test_build_proposal_reads_w0_at_sigma_min_and_fits_rho_per_level(mode):
     sigmas = torch.logspace(-2, 2, 1000)
-    p = build_proposal(StubDiscriminator(), Images(3000), sigmas, "cpu", None, seed=0, time_independent=mode != "fit")
+    weight = "time_dependent" if mode == "fit" else "time_independent"
+    p = build_proposal(StubDiscriminator(), Images(3000), sigmas, "cpu", None, seed=0, weight=weight)
     assert torch.allclose(p.log_w0.float(), Images(3000).u / (1 + 1e-4), atol=1e-5)
     a = 1 / (1 + p.level_sigma**2)
     want = a / a[0] if mode == "fit" else torch.ones_like(a)  # w0 itself is read at sigma_min
@@ -106,3 +107,8 @@ def test_build_proposal_reads_w0_at_sigma_min_and_fits_rho_per_level(mode):
     record = p.record()
     assert record["mode"] == "ratio" and len(record["rho"]) == len(a) and 0 < record["w0_ess_fraction"] <= 1
     assert math.isclose(record["w0_mean"], float(p.log_w0.exp().mean()), rel_tol=1e-6)
+
+
+def test_build_proposal_refuses_an_unknown_weight():
+    with pytest.raises(ValueError, match=r"weight must be one of \('time_dependent', 'time_independent'\), got 'iw'"):
+        build_proposal(StubDiscriminator(), Images(10), torch.logspace(-2, 2, 10), "cpu", None, weight="iw")

@@ -21,7 +21,7 @@ uniform draw (at 90:10, ``w0`` is 5 on the minority and 0.56 on the majority).
 ``--reference-share A`` draws each row from D_ref with probability ``A`` instead of the union's ``N_ref / N_all``, so
 the loss is ``A L_ref + (1 - A) L_bias``. Both terms are minimised by the score of ``p_ref`` (plain DSM on D_ref;
 Theorem 1 on D_bias), so any ``A`` in (0, 1) keeps the minimiser and only moves how much of each batch is the small
-exact set (``tests/test_tiw_training.py`` checks the minimiser on a 1-D mixture).
+exact set (``tests/test_density_ratio.py`` checks the minimiser on the 1-D mixture).
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def main(args: argparse.Namespace) -> None:
     proposal = None
     if opts.get("bias_sampling", "uniform") == "ratio":
         proposal = build_proposal(disc, bias, model.sigmas, device, cfg.condition if cfg.conditional else None, opts["seed"],
-                                  time_independent=opts["loss_mode"] == "iw")
+                                  weight="time_independent" if opts["loss_mode"] == "iw" else "time_dependent")
     opt, ema, start = adam_ema_resume(model, opts, run_dir, device)
     share = reference_share(opts.get("reference_share", "union"))
 

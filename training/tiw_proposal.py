@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BIAS_SAMPLINGS = ("uniform", "ratio")
 LEVELS = 16  # noise levels at which rho is fitted
+WEIGHTS = ("time_dependent", "time_independent")  # build_proposal's weight: w_t (tiw, weight) or w0 (iw)
 FIT_IMAGES = 1024  # biased images per level for the fit
 
 
@@ -85,10 +86,13 @@ def proposal_tables(log_w0: torch.Tensor, rho: torch.Tensor, level_sigma: torch.
 
 @torch.no_grad()
 def build_proposal(disc, bias, sigmas: torch.Tensor, device, condition: str | None, seed: int = 0,
-                   time_independent: bool = False, chunk: int = 1024) -> RatioProposal:
+                   weight: str = "time_dependent", chunk: int = 1024) -> RatioProposal:
     """``w0`` of every biased image, then ``rho`` fitted at :data:`LEVELS` noise levels (seeded, so a resume rebuilds
     the same tables). ``sigmas``: the score model's, by timestep; ``condition``: the label a conditional disc reads.
-    ``time_independent``: the weight is ``w0`` itself at every level (the ``iw`` loss mode), so ``rho = 1``, no fit."""
+    ``weight``: ``time_dependent`` (``w_t``: ``rho`` fitted) or ``time_independent`` (``w0`` itself at every level, the
+    ``iw`` loss mode: ``rho = 1``, no fit)."""
+    if weight not in WEIGHTS:
+        raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
     sigma_min = float(sigmas.min())
     log_w0 = clean_log_ratios(disc, bias, sigma_min, device, chunk=chunk, condition=condition)  # finite: log_ratio clips
     g = torch.Generator().manual_seed(seed)
@@ -101,7 +105,7 @@ def build_proposal(disc, bias, sigmas: torch.Tensor, device, condition: str | No
         x = x0 + s * torch.randn(x0.shape, generator=g)
         return fit_rho(log_w0[rows], log_ratio(disc, x.to(device), torch.full((len(rows),), s, device=device), y).cpu())
 
-    rho = [1.0] * LEVELS if time_independent else [slope(s) for s in level_sigma.tolist()]
+    rho = [1.0] * LEVELS if weight == "time_independent" else [slope(s) for s in level_sigma.tolist()]
     proposal = proposal_tables(log_w0, torch.tensor(rho), level_sigma, sigmas)
     log.info("bias sampling: w0 mean %.3f, rho %s at sigma %s", float(log_w0.exp().mean()),
              [f"{r:.2f}" for r in rho], [f"{s:.3g}" for s in level_sigma.tolist()])
