@@ -38,6 +38,7 @@ from training.tiw import DISC_WIDTHS, draw_batch, tiw_loss  # noqa: E402
 from training.tiw_proposal import LEVELS, proposal_tables  # noqa: E402
 
 N_BIAS, N_REF, POOL = 47_620, 2_380, 1024  # --draw: the 5 % Colored-MNIST sets' sizes; distinct random images in the pool
+UNION = N_REF / (N_BIAS + N_REF)  # their union's share of reference rows (= 0.05 / 1.05, the --reference-share default)
 
 
 class IndexedPool:
@@ -68,7 +69,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=36, help="steps per method (in blocks of --block)")
     p.add_argument("--block", type=int, default=4)
-    p.add_argument("--reference-share", type=float, default=0.05 / 1.05, help="share of reference rows in a batch (no discriminator)")
+    p.add_argument("--reference-share", type=float, default=UNION, help="share of reference rows in a batch (no discriminator)")
     p.add_argument("--draw", default="none", choices=["none", "uniform", "ratio"],
                    help="none: one fixed batch; uniform / ratio: each step draws its batch as training does (see above)")
     p.add_argument("--threads", type=int, default=1)
@@ -105,7 +106,8 @@ def main():
         elif args.draw == "none":
             loss = tiw_loss(model, disc, "tiw", x0, labels, is_bias, g)[0].mean()
         else:
-            xb, lb, rows, t, log_factor = draw_batch(args.batch, bias, ref, cfg, proposal, model, g, args.reference_share)
+            share = "union" if args.reference_share == UNION else args.reference_share  # training's default draw
+            xb, lb, rows, t, log_factor = draw_batch(args.batch, bias, ref, cfg, proposal, model, g, share)
             per_sample = tiw_loss(model, disc, "tiw", xb.to(device), lb.to(device), rows.to(device), g, 0.0, t)[0]
             loss = (per_sample * log_factor.to(device).exp()).mean()
         opt.zero_grad(set_to_none=True)

@@ -43,8 +43,10 @@ sys.path.insert(0, str(ROOT))
 from _bench import add_eval_parser, add_fid_parser, add_run_options, fid_rows, run_plan, write_json  # noqa: E402
 from fair_core import checkpoints, evaluation, features, plots  # noqa: E402
 from fair_core.density_ratio import DISC_OBJECTIVES, DISC_POOLS  # noqa: E402
+from fair_core.errors import FairSamplingError  # noqa: E402
 from training.data import DataConfig, load  # noqa: E402
 from training.discriminator import DISC_CONDITIONS, DISC_SCHEDULES, DISC_WIDTHS  # noqa: E402
+from training.tiw import reference_share  # noqa: E402
 from training.tiw_proposal import BIAS_SAMPLINGS  # noqa: E402
 
 METHODS = {"dsm": "DSM on D_bias", "ref": "DSM on D_ref only", "iw": "IW only (w(x0))", "tiw": "TIW-DSM"}
@@ -63,7 +65,8 @@ def export_path(a, method: str, fraction: float) -> Path:
         disc += "_cond" if getattr(a, "disc_condition", "model") == "model" else ""  # the names before it: the marginal ratio
         disc += f"_w0s{a.disc_w0_sigma:g}" if getattr(a, "disc_w0_sigma", None) is not None else ""
         disc += "_ratio" if getattr(a, "bias_sampling", "uniform") == "ratio" else ""
-        disc += f"_share{a.reference_share}" if getattr(a, "reference_share", "union") != "union" else ""
+        share = reference_share(getattr(a, "reference_share", "union"))
+        disc += f"_share{share:g}" if share != "union" else ""
     return Path(a.out) / f"cmnist_{model}{method}_{form}_r{round(100 * fraction):d}{disc}.safetensors"
 
 
@@ -107,7 +110,8 @@ def commands(a) -> dict:
                                  "add dsm to --methods")
             disc += ["--disc-baseline", a.init if a.mode == "finetune" else out["dsm"]]
         sampling = ["--bias-sampling", a.bias_sampling] if a.bias_sampling != "uniform" else []
-        sampling += ["--reference-share", a.reference_share] if a.reference_share != "union" else []
+        share = reference_share(a.reference_share)  # refused here, before any run, as the trainer would
+        sampling += ["--reference-share", f"{share:g}"] if share != "union" else []
         cmds[f"tiw {f}"] = ["python", "-m", "training", "tiw", *common, *data, *disc, *sampling, "--export", out["tiw"]]
         cmds[f"iw {f}"] = (lambda data=data, out=out: ["python", "-m", "training", "tiw", *common, *data, "--loss-mode", "iw", *sampling,
                                                        "--discriminator", discriminator_of(Path(out["tiw"])), "--export", out["iw"]])
@@ -251,7 +255,10 @@ def main() -> None:
     r.add_argument("json")
     r.add_argument("--png", default=None)
     a = p.parse_args()
-    {"plan": plan, "run": run, "eval": eval_cmd, "fid": fid_cmd, "report": report_cmd}[a.cmd](a)
+    try:
+        {"plan": plan, "run": run, "eval": eval_cmd, "fid": fid_cmd, "report": report_cmd}[a.cmd](a)
+    except FairSamplingError as e:  # a bad option the trainer would refuse (e.g. --reference-share), refused before any run
+        raise SystemExit(f"error: {e}") from e
 
 
 if __name__ == "__main__":

