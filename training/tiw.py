@@ -20,9 +20,9 @@ uniform draw (at 90:10, ``w0`` is 5 on the minority and 0.56 on the majority).
 
 ``--reference-share A`` draws each row from D_ref with probability ``A`` instead of the union's ``N_ref / N_all``, so
 the loss is ``A L_ref + (1 - A) L_bias``. Both terms are minimised by the score of ``p_ref`` (plain DSM on D_ref;
-Theorem 1 on D_bias, or importance sampling for ``iw``), so any ``A`` in (0, 1) keeps the minimiser (the ablations
-``weight`` and ``correction``, and ``none``, are refused: their biased term has another minimiser) and only moves how much of each batch is the small
-exact set (``tests/test_density_ratio.py`` checks the minimiser on the 1-D mixture).
+Theorem 1 on D_bias, or importance sampling for ``iw``), so any ``A`` in (0, 1) keeps the minimiser and only moves how
+much of each batch is the small exact set (``tests/test_density_ratio.py`` checks the minimiser on the 1-D mixture).
+The ablations ``weight`` and ``correction``, and ``none``, are refused with it: their biased term has another minimiser.
 """
 from __future__ import annotations
 
