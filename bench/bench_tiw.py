@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from fair_core.density_ratio import DISC_POOLS, DiscriminatorConfig, TimeDepende
 from fair_core.denoiser import DiscreteVPDenoiser  # noqa: E402
 from fair_core.models import build_unet, named_config  # noqa: E402
 from training.tiw import DISC_WIDTHS, draw_batch, tiw_loss  # noqa: E402
-from training.tiw_proposal import LEVELS, proposal_tables  # noqa: E402
+from training.tiw_proposal import LEVELS, level_sigmas, proposal_tables  # noqa: E402
 
 N_BIAS, N_REF, POOL = 47_620, 2_380, 1024  # --draw: the 5 % Colored-MNIST sets' sizes; distinct random images in the pool
 UNION = N_REF / (N_BIAS + N_REF)  # their union's share of reference rows (= 0.05 / 1.05, the --reference-share default)
@@ -94,8 +93,7 @@ def main():
     proposal = None
     if args.draw == "ratio":  # w0 as at 90:10 (5 on a tenth of the rows, 0.56 on the rest), rho falling from 1 to 0
         log_w0 = torch.where(torch.rand(N_BIAS, generator=g) < 0.1, torch.tensor(5.0).log(), torch.tensor(0.5 / 0.9).log())
-        level_sigma = torch.logspace(math.log10(float(model.sigmas.min())), math.log10(float(model.sigmas.max())), LEVELS)
-        proposal = proposal_tables(log_w0, torch.linspace(1, 0, LEVELS), level_sigma, model.sigmas)
+        proposal = proposal_tables(log_w0, torch.linspace(1, 0, LEVELS), level_sigmas(model.sigmas), model.sigmas)
 
     def step(kind):
         if kind == "dsm" and args.draw == "none":

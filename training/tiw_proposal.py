@@ -74,6 +74,11 @@ def fit_rho(log_w0: torch.Tensor, log_wt: torch.Tensor) -> float:
     return 0.0 if var < 1e-12 else min(1.0, max(0.0, float((a * b).mean()) / var))
 
 
+def level_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """The :data:`LEVELS` noise levels at which ``rho`` is fitted: log-spaced over the schedule's ``sigmas`` (CPU)."""
+    return torch.logspace(math.log10(float(sigmas.min())), math.log10(float(sigmas.max())), LEVELS)
+
+
 def proposal_tables(log_w0: torch.Tensor, rho: torch.Tensor, level_sigma: torch.Tensor, sigmas: torch.Tensor) -> RatioProposal:
     """The proposal for given ``log w0`` (N,) and per-level ``rho``; ``sigmas`` (T,): the schedule's, by timestep."""
     lw0 = log_w0.double().cpu()
@@ -96,7 +101,7 @@ def build_proposal(disc, bias, sigmas: torch.Tensor, device, condition: str | No
     sigma_min = float(sigmas.min())
     log_w0 = clean_log_ratios(disc, bias, sigma_min, device, chunk=chunk, condition=condition)  # finite: log_ratio clips
     g = torch.Generator().manual_seed(seed)
-    level_sigma = torch.logspace(math.log10(sigma_min), math.log10(float(sigmas.max())), LEVELS)
+    level_sigma = level_sigmas(sigmas)
     rows = torch.randperm(len(bias), generator=g)[:FIT_IMAGES]
     x0 = bias.images(rows)
     y = bias.labels(condition, rows).to(device) if condition and disc.cfg.num_classes else None
